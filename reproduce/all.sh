@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Run every reproduce script at one profile (default: paper where a GPU or Slurm is present, else cpu).
+#   bash reproduce/all.sh [--profile smoke|cpu|paper] [--executor auto|slurm|local|debug] [other flags]
+#   bash reproduce/all.sh --from-cache      # only regenerate figures from cached CSVs; computes nothing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+PY=.venv/bin/python
+if [ "${1:-}" = "--from-cache" ]; then
+  exec "$PY" -m know figures
+fi
+scripts=$(ls reproduce/table*.py reproduce/figure*.py 2>/dev/null || true)
+[ -n "$scripts" ] || { echo "no reproduce scripts yet"; exit 0; }
+for s in $scripts; do
+  echo "=== $s $*"
+  "$PY" "$s" "$@"
+done
+if [ -f reproduce/report.py ]; then "$PY" reproduce/report.py; fi

