@@ -1,0 +1,213 @@
+"""Typed configuration: dataclasses, `--key=value` overrides, and the three profiles (defined only here).
+
+An experiment (`ExperimentCfg`) nests the configs of each stage, which live beside their code
+(`know.forgetting.ForgetCfg`, `know.forgetting.CollectCfg`, `know.metatrain.MetaTrainCfg`, `know.transfer.TransferCfg`)
+plus `PredictCfg` and `SlurmCfg` here. Defaults are the paper's protocol; a profile is a set of dotted overrides on
+top of them; the command line overrides the profile (`--forget.lr=3e-4`), after a type check, rejecting unknown keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from know.errors import KnowError, UnknownName
+
+
+@dataclass
+class PredictCfg:
+    routing: str = "official"  # official: every conv kernel -> Conv model (paper's script); 3x3: only 3x3 kernels
+    norm: str = "keep"  # keep Θ0's normalisation params and running stats (our choice; see paper.md §4)
+    steps: int = 3  # recurrences: x2, x4, x8 for r = 0.5 (paper)
+
+
+@dataclass
+class SlurmCfg:
+    """Resources of one unit on Slurm; defaults fit one GPU job of the paper profile."""
+
+    partition: str | None = None  # None: the cluster's default partition
+    gpus_per_node: int = 1
+    cpus_per_task: int = 8
+    mem_gb: float = 32
+    timeout_min: int = 12 * 60
+    array_parallelism: int = 64  # max concurrent tasks of one job array
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+
+
+def _forget_cfg():
+    from know.forgetting import ForgetCfg
+    return ForgetCfg()
+
+
+def _collect_cfg():
+    from know.forgetting import CollectCfg
+    return CollectCfg()
+
+
+def _metatrain_cfg():
+    from know.metatrain import MetaTrainCfg
+    return MetaTrainCfg()
+
+
+def _transfer_cfg():
+    from know.transfer import TransferCfg
+    return TransferCfg()
+
+
+@dataclass
+class ExperimentCfg:
+    """One table's pipeline: pre-train -> forget -> (collect -> meta-train) -> predict -> transfer, per data fraction."""
+
+    profile: str = "paper"
+    trials: int = 5  # downstream fine-tuning trials per row (paper: 5, mean ± std)
+    seed: int = 0  # base seed; every unit's seed is hashed from it and the fields that identify the unit
+    fractions: tuple[float, ...] = (1.0, 0.5, 0.25)  # share of the pre-training data available (T-A columns)
+    data_root: str | None = None
+    device: str = "auto"  # auto: cuda when available
+    forget: Any = field(default_factory=_forget_cfg)
+    collect: Any = field(default_factory=_collect_cfg)
+    metatrain: Any = field(default_factory=_metatrain_cfg)
+    predict: PredictCfg = field(default_factory=PredictCfg)
+    transfer: Any = field(default_factory=_transfer_cfg)
+    slurm: SlurmCfg = field(default_factory=SlurmCfg)
+
+
+# ---------------------------------------------------------------- profiles: the only place they are defined
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # Tests: tiny synthetic data and a tiny network; every stage runs, end to end in well under 2 minutes.
+    "smoke": {
+        "trials": 2, "fractions": (1.0, 0.5), "forget.max_images": 128,
+        "forget.model": "debugnet", "forget.model_kwargs": {}, "forget.dataset": "debug",
+        "forget.channels": 1, "forget.size": 16,
+        "forget.pretrain_epochs": 1, "forget.epochs_per_session": 1, "forget.batch_size": 32,
+        "transfer.dataset": "debug", "transfer.probe_epochs": 1, "transfer.finetune_epochs": 1,
+        "transfer.batch_size": 32, "transfer.max_images": 128,
+        "collect.trials": 2, "collect.sessions": 7, "collect.models": ["debugnet"], "collect.datasets": ["debug"],
+        "collect.max_images": 128,
+        "metatrain.epochs": 2, "metatrain.max_samples_per_kind": 4096, "metatrain.window": 5,
+        "slurm.gpus_per_node": 0, "slurm.cpus_per_task": 1, "slurm.mem_gb": 2, "slurm.timeout_min": 10,
+    },
+    # The offline analog on 2 CPU cores: Fashion-MNIST upstream -> MNIST-10k downstream, a narrow ResNet-18.
+    "cpu": {
+        "trials": 3, "forget.max_images": 8000,
+        "forget.model": "resnet18_know", "forget.model_kwargs": {"width": 0.0625},
+        "forget.dataset": "fashion_mnist", "forget.channels": 1, "forget.size": 32,
+        "forget.pretrain_epochs": 4, "forget.epochs_per_session": 1, "forget.batch_size": 128,
+        "transfer.dataset": "mnist10k", "transfer.max_images": 1000, "transfer.probe_epochs": 1,
+        "transfer.finetune_epochs": 4,
+        "collect.trials": 16, "collect.sessions": 7, "collect.models": ["simplenet"],
+        "collect.datasets": ["fashion_mnist", "mnist10k", "digits"], "collect.max_images": 4000,
+        "metatrain.epochs": 10, "metatrain.window": 5,
+        "slurm.gpus_per_node": 0, "slurm.cpus_per_task": 2, "slurm.mem_gb": 8, "slurm.timeout_min": 60,
+    },
+    # The paper's settings (paper.md §4): CIFAR-100 -> CIFAR-10, full ResNet-18, r = 0.5, S = 5, 5 trials, 10 + 100.
+    "paper": {
+        "trials": 5,
+        "forget.model": "resnet18_know", "forget.model_kwargs": {"width": 1.0},
+        "forget.dataset": "cifar100", "forget.channels": 3, "forget.size": 32,
+        "transfer.dataset": "cifar10", "transfer.probe_epochs": 10, "transfer.finetune_epochs": 100,
+    },
+}
+
+
+def default_profile() -> str:
+    """paper where a GPU or Slurm is present, else cpu."""
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return "paper"
+    except ImportError:
+        pass
+    return "paper" if shutil.which("sbatch") else "cpu"
+
+
+def make_config(profile: str | None = None, overrides: dict[str, Any] | list[str] | None = None) -> ExperimentCfg:
+    """Defaults, then the profile's overrides, then the user's (`{"forget.lr": 3e-4}` or `["forget.lr=3e-4"]`)."""
+    profile = profile or default_profile()
+    if profile not in PROFILES:
+        raise UnknownName(f"unknown profile '{profile}'; known: {', '.join(PROFILES)}")
+    cfg = ExperimentCfg(profile=profile)
+    apply_overrides(cfg, PROFILES[profile])
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    apply_overrides(cfg, overrides or {})
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.lstrip("-").partition("=")
+        if not sep:
+            raise KnowError(f"override '{item}' is not key=value (e.g. --forget.lr=3e-4)")
+        out[key] = value
+    return out
+
+
+def apply_overrides(cfg, overrides: dict[str, Any]) -> None:
+    for dotted, value in overrides.items():
+        *path, name = dotted.split(".")
+        target = cfg
+        for part in path:
+            target = _field_value(target, part, dotted)
+        _field_value(target, name, dotted)  # validates the name
+        setattr(target, name, _coerce(value, _field_type(target, name), dotted))
+
+
+def _field_value(obj, name: str, dotted: str):
+    names = [f.name for f in dataclasses.fields(obj)]
+    if name not in names:
+        raise UnknownName(f"unknown config key '{dotted}'; keys of {type(obj).__name__}: {', '.join(names)}")
+    return getattr(obj, name)
+
+
+def _field_type(obj, name: str):
+    hints = typing.get_type_hints(type(obj))
+    return hints.get(name, Any)
+
+
+def _coerce(value: Any, tp, dotted: str):
+    """Strings from the command line become the field's type; non-strings are checked loosely."""
+    if not isinstance(value, str):
+        return value
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    try:
+        if value in ("None", "none", "null") and (tp is Any or type(None) in args):
+            return None
+        if args and type(None) in args:  # Optional[X]
+            tp = next(a for a in args if a is not type(None))
+            origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if tp is bool:
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1")
+        if tp in (int, float, str):
+            return tp(value)
+        if origin in (tuple, list, dict) or tp in (tuple, list, dict) or tp is Any:
+            parsed = json.loads(value) if value[:1] in "[{" else _scalar(value)
+            if origin is tuple or tp is tuple:
+                parsed = tuple(parsed if isinstance(parsed, list) else [parsed])
+            return parsed
+        return value
+    except (ValueError, json.JSONDecodeError):
+        raise KnowError(f"config key '{dotted}': cannot read '{value}' as {tp}") from None
+
+
+def _scalar(value: str):
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+

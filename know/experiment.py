@@ -1,0 +1,307 @@
+"""A transfer table as cached units: pre-train -> forget -> (collect -> meta-train) -> predict -> transfer.
+
+A reproduce script declares its rows (`Row`: a predictor, which KNOWN weights, which recurrence steps) and calls
+`table_main`; everything else is here. Each box below is one `know.jobs.Unit`, cached under the hash of its config
+and code, so reruns skip finished work and a changed setting recomputes only what depends on it:
+
+    per data fraction f:  pretrain(f) -> forget(f) -> predict(f, method) -> transfer(f, method, step, trial)
+    once:                 collect(group g) ... -> metatrain        (only when a row uses KNOWN weights "ours")
+
+Naive rows fine-tune Θ0 itself. Trial t of every row uses the same downstream seed (a paired comparison).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from know.config import ExperimentCfg, make_config, parse_overrides
+from know.jobs import Runner, Unit, atomic_save, command_line, git_commit, load_result
+
+REPO = Path(__file__).resolve().parent.parent
+# Which source enters each stage's cache key (a change there recomputes that stage and everything after it).
+DATA_CODE = ("know.data", "know.models", "know.train")
+CODE = {
+    "pretrain": DATA_CODE + ("know.forgetting",),
+    "forget": DATA_CODE + ("know.forgetting", "know.trajectory"),
+    "collect": DATA_CODE + ("know.forgetting", "know.trajectory"),
+    "metatrain": ("know.known", "know.metatrain", "know.trajectory"),
+    "predict": ("know.known", "know.predict", "know.baselines", "know.trajectory"),
+    "transfer": DATA_CODE + ("know.transfer",),
+}
+# ForgetCfg fields that do not change Θ0 (so changing them does not redo pre-training).
+FORGET_ONLY = ("rate", "sessions", "epochs_per_session", "restart_from_initial")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row family: `method` from the predictor registry ("naive" = Θ0 itself), the KNOWN weights for
+    KNOWN-like methods ("official" or "ours"), and the recurrence steps to fine-tune (1 = ×2, 2 = ×4, 3 = ×8)."""
+
+    method: str
+    known: str | None = None
+    steps: tuple[int, ...] = (3,)
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}_{self.known}" if self.known else self.method
+
+    def step_list(self) -> tuple[int, ...]:
+        return (0,) if self.method == "naive" else self.steps
+
+
+# ---------------------------------------------------------------- unit functions: fn(cfg, out_dir, dep_dirs)
+
+def run_pretrain(cfg: dict, out: Path, deps: dict) -> dict:
+    from know.forgetting import ForgetCfg, pretrain
+
+    state = pretrain(ForgetCfg(**cfg["forget"]), ckpt_dir=out / "ckpt", progress=False)
+    atomic_save(state, out / "theta0.pt")
+    return {}
+
+
+def run_forget(cfg: dict, out: Path, deps: dict) -> dict:
+    from know.forgetting import ForgetCfg, forget
+
+    theta0 = torch.load(deps["pretrain"] / "theta0.pt", map_location="cpu")
+    traj = forget(ForgetCfg(**cfg["forget"]), theta0, ckpt_dir=out / "ckpt", progress=False)
+    traj.save(out / "trajectory.safetensors")
+    return {k: traj.meta[k] for k in ("session_sizes", "test_acc", "dist_to_theta0")}
+
+
+def run_collect(cfg: dict, out: Path, deps: dict) -> dict:
+    from know.forgetting import CollectCfg, collect_group
+
+    paths = collect_group(CollectCfg(**cfg["collect"]), cfg["group"], out / "trajectories", progress=False)
+    return {"trajectories": len(paths)}
+
+
+def run_metatrain(cfg: dict, out: Path, deps: dict) -> dict:
+    from know.metatrain import MetaTrainCfg, meta_train
+
+    paths = sorted(p for d in deps.values() for p in (d / "trajectories").glob("*.safetensors"))
+    models = meta_train(paths, MetaTrainCfg(**cfg["metatrain"]), out)
+    return {"trajectories": len(paths), "kinds": sorted(models)}
+
+
+def load_our_known(metatrain_dir: Path) -> dict:
+    """The KNOWN models (best validation epoch) a meta-training unit wrote, by kind."""
+    from know.known import load_known
+
+    return {p.stem.removeprefix("known_"): load_known(p) for p in sorted(Path(metatrain_dir).glob("known_*.safetensors"))}
+
+
+def run_predict(cfg: dict, out: Path, deps: dict) -> dict:
+    from know.predict import predict
+    from know.trajectory import Trajectory
+
+    traj = Trajectory.load(deps["trajectory"] / "trajectory.safetensors")
+    known = load_our_known(deps["known"]) if "known" in deps else cfg["known"]
+    p = cfg["predict"]
+    states = predict(traj, method=cfg["method"], steps=cfg["steps"], known=known, routing=p["routing"],
+                     norm=p["norm"])
+    theta0 = traj.theta(0)
+    moved = []
+    for k, state in enumerate(states, start=1):
+        atomic_save(state, out / f"step{k}.pt")
+        moved.append(_relative_change(state, theta0))
+    return {"relative_change": moved}
+
+
+def _relative_change(state: dict, ref: dict) -> float:
+    """‖state − ref‖ / ‖ref‖ over floating tensors: how far a prediction moved from Θ0."""
+    num = sum(float((state[k].double() - ref[k].double()).pow(2).sum()) for k in ref if ref[k].is_floating_point())
+    den = sum(float(ref[k].double().pow(2).sum()) for k in ref if ref[k].is_floating_point())
+    return (num / max(den, 1e-30)) ** 0.5
+
+
+def run_transfer(cfg: dict, out: Path, deps: dict) -> dict:
+    from know.transfer import TransferCfg, run_transfer as transfer
+
+    step = cfg["step"]
+    weights = deps["weights"] / ("theta0.pt" if step == 0 else f"step{step}.pt")
+    state = torch.load(weights, map_location="cpu")
+    up = cfg["upstream"]
+    result = transfer(TransferCfg(**cfg["transfer"]), state, up["model"], up["model_kwargs"], seed=cfg["seed"],
+                      ckpt_path=out / "checkpoint.pt", progress=False)
+    return {"final_acc": result.final_acc, "best_acc": result.best_acc, "log": result.log}
+
+
+# ---------------------------------------------------------------- building the grid
+
+def _forget_cfg(cfg: ExperimentCfg, fraction: float):
+    return dataclasses.replace(cfg.forget, data_fraction=fraction, data_root=cfg.data_root, device=cfg.device)
+
+
+def pretrain_unit(cfg: ExperimentCfg, fraction: float) -> Unit:
+    fc = {k: v for k, v in asdict(_forget_cfg(cfg, fraction)).items() if k not in FORGET_ONLY}
+    return Unit("pretrain", "know.experiment:run_pretrain", {"forget": fc}, code=CODE["pretrain"],
+                label=f"pretrain f={fraction:g}")
+
+
+def forget_unit(cfg: ExperimentCfg, fraction: float) -> Unit:
+    return Unit("forget", "know.experiment:run_forget", {"forget": asdict(_forget_cfg(cfg, fraction))},
+                deps={"pretrain": pretrain_unit(cfg, fraction)}, code=CODE["forget"], label=f"forget f={fraction:g}")
+
+
+def metatrain_unit(cfg: ExperimentCfg) -> Unit:
+    from know.forgetting import num_groups
+
+    cc = dataclasses.replace(cfg.collect, data_root=cfg.data_root, device=cfg.device)
+    groups = {f"collect{g}": Unit("collect", "know.experiment:run_collect", {"collect": asdict(cc), "group": g},
+                                  code=CODE["collect"], label=f"collect group {g}")
+              for g in range(num_groups(cc))}
+    mc = dataclasses.replace(cfg.metatrain, device=cfg.device)
+    return Unit("metatrain", "know.experiment:run_metatrain", {"metatrain": asdict(mc)}, deps=groups,
+                code=CODE["metatrain"], label="meta-train KNOWN")
+
+
+def predict_unit(cfg: ExperimentCfg, fraction: float, row: Row) -> Unit:
+    deps = {"trajectory": forget_unit(cfg, fraction)}
+    if row.known == "ours":
+        deps["known"] = metatrain_unit(cfg)
+    return Unit("predict", "know.experiment:run_predict",
+                {"method": row.method, "known": row.known, "steps": max(row.steps), "predict": asdict(cfg.predict)},
+                deps=deps, code=CODE["predict"], label=f"predict {row.name} f={fraction:g}")
+
+
+def trial_seed(cfg: ExperimentCfg, fraction: float, trial: int) -> int:
+    from know.train import seed_from
+
+    return seed_from(cfg.seed, "transfer", fraction, trial)
+
+
+def transfer_units(cfg: ExperimentCfg, rows: list[Row]) -> list[tuple[dict, Unit]]:
+    """(row identity, unit) for every fine-tune run of the table."""
+    out = []
+    for f in cfg.fractions:
+        fc = _forget_cfg(cfg, f)
+        upstream = {"model": fc.model, "model_kwargs": fc.model_kwargs}
+        tc = dataclasses.replace(cfg.transfer, data_root=cfg.data_root, device=cfg.device)
+        for row in rows:
+            source = pretrain_unit(cfg, f) if row.method == "naive" else predict_unit(cfg, f, row)
+            for step in row.step_list():
+                for trial in range(cfg.trials):
+                    seed = trial_seed(cfg, f, trial)
+                    unit = Unit("transfer", "know.experiment:run_transfer",
+                                {"transfer": asdict(tc), "upstream": upstream, "step": step, "seed": seed},
+                                deps={"weights": source}, code=CODE["transfer"],
+                                label=f"transfer {row.name} x{2 ** step} f={f:g} trial {trial}")
+                    out.append(({"method": row.name, "steps": step, "fraction": f, "trial": trial, "seed": seed},
+                                unit))
+    return out
+
+
+# ---------------------------------------------------------------- running a table
+
+def run_table(name: str, rows: list[Row], cfg: ExperimentCfg, runner: Runner, results_dir: Path,
+              figures_dir: Path, paper_csv: Path | None = None) -> Path:
+    """Run (or reuse) every unit of the table, then write `<results_dir>/<name>_<profile>.csv`, its provenance,
+    the figure, and print ours beside the paper's numbers."""
+    from know.plots import plot_transfer_table
+    from know.results import read_paper, side_by_side, summarize, write_results
+
+    t0 = time.time()
+    grid = transfer_units(cfg, rows)
+    results = runner.run([u for _, u in grid])
+    commit = git_commit()
+    records = []
+    for ident, unit in grid:
+        r = results[unit.key]
+        records.append({**ident, "final_acc": r["value"]["final_acc"], "best_acc": r["value"]["best_acc"],
+                        "unit_wall_s": r.get("wall_s"), "profile": cfg.profile, "commit": commit})
+    csv = Path(results_dir) / f"{name}_{cfg.profile}.csv"
+    provenance = {"table": name, "profile": cfg.profile, "command": command_line(), "commit": commit,
+                  "executor": runner.executor, "seeds": sorted({r["seed"] for r in records}),
+                  "wall_s": round(time.time() - t0, 1), "rate": cfg.forget.rate,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": asdict(cfg),
+                  "rows": [dataclasses.asdict(r) for r in rows]}
+    write_results(records, csv, provenance)
+    fig = plot_transfer_table(csv, Path(figures_dir) / f"{name}_{cfg.profile}.png")
+    paper = read_paper(paper_csv) if paper_csv and Path(paper_csv).exists() else None
+    print(f"\n{name} ({cfg.profile}): final test accuracy %, mean ± std over {cfg.trials} trials; paper's in the "
+          f"right half of each cell ('?' = unknown)\n")
+    print(side_by_side(summarize(pd_read(csv)), paper, cfg.forget.rate))
+    print(f"wrote {csv}, {csv.with_suffix('.meta.json')} and {fig}")
+    return csv
+
+
+def pd_read(csv: Path):
+    import pandas as pd
+
+    return pd.read_csv(csv)
+
+
+def table_main(name: str, rows: list[Row], paper_csv: str | None = None, argv: list[str] | None = None) -> int:
+    """Command line of a reproduce script: `python reproduce/<name>.py [--profile ...] [--key=value ...]`."""
+    import sys
+
+    from know.config import default_profile
+    from know.errors import KnowError
+    from know.jobs import resolve_executor
+
+    p = argparse.ArgumentParser(
+        prog=f"reproduce/{name}.py", description=f"Reproduce {name}: every unit is a cached submitit job.",
+        epilog="Any config field can be overridden as --section.field=value, e.g. --forget.lr=3e-4 "
+               "--transfer.finetune_epochs=20 (see know/config.py for the profiles).")
+    p.add_argument("--profile", choices=["smoke", "cpu", "paper"], default=None,
+                   help="default: paper where a GPU or Slurm is present, else cpu")
+    p.add_argument("--executor", default="auto", choices=["auto", "slurm", "local", "debug"],
+                   help="auto: slurm when sbatch is on PATH, else local processes; debug: in-process")
+    p.add_argument("--results-dir", default=str(REPO / "results"))
+    p.add_argument("--figures-dir", default=None, help="default: figures/ beside --results-dir")
+    p.add_argument("--cache-dir", default=None, help="unit cache (default: $KNOW_CACHE or runs/cache in the repo)")
+    p.add_argument("--data-root", default=None, help="datasets (default: $KNOW_DATA or ~/.cache/know/data)")
+    p.add_argument("--trials", type=int, default=None, help="downstream trials per row (default: the profile's)")
+    p.add_argument("--parallel", type=int, default=None, help="local executor: concurrent jobs (default: cores)")
+    args, extra = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        overrides = parse_overrides(extra)
+        if args.trials is not None:
+            overrides["trials"] = args.trials
+        if args.data_root is not None:
+            overrides["data_root"] = args.data_root
+        cfg = make_config(args.profile or default_profile(), overrides)
+        executor = resolve_executor(args.executor)
+        print(f"[{name}] profile={cfg.profile} executor={executor} trials={cfg.trials} "
+              f"fractions={list(cfg.fractions)}", flush=True)
+        results_dir = Path(args.results_dir)
+        _check_writable(results_dir)
+        figures_dir = Path(args.figures_dir) if args.figures_dir else results_dir.parent / "figures"
+        cache = Path(args.cache_dir or _default_cache())
+        import os
+        runner = Runner(cache, executor=executor, parallel=args.parallel or (os.cpu_count() or 1),
+                        slurm=cfg.slurm)
+        run_table(name, rows, cfg, runner, results_dir, figures_dir, REPO / paper_csv if paper_csv else None)
+    except KnowError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _default_cache() -> str:
+    import os
+
+    return os.environ.get("KNOW_CACHE", str(REPO / "runs" / "cache"))
+
+
+def _check_writable(folder: Path) -> None:
+    import os
+    import tempfile
+
+    from know.errors import KnowError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise KnowError(f"results directory {folder} is not writable ({e.strerror}); pass --results-dir DIR") from None
+
+
+__all__ = ["Row", "run_table", "table_main", "transfer_units", "load_result"]

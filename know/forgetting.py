@@ -1,0 +1,447 @@
+"""Forgetting trajectories (paper.md §1, §4) and the meta-dataset collector (§3).
+
+`pretrain` trains Θ0 on the full upstream set D0. `forget` fine-tunes it **sequentially** on nested, shrinking
+subsets: Θ0 on D1 -> Θ1, Θ1 on D2 -> Θ2, ... (|Dk| = round(|D0| r^k), prefixes of one seeded permutation), and
+returns a `Trajectory` (oldest first, Θ0 last). `restart_from_initial=True` is the official sample's variant: every
+session k >= 1 starts again from the same random initial weights (Θ0 is whatever `pretrain` gave).
+
+Choices the paper leaves open (ours, documented): a fresh optimizer for every session (Keras re-`fit` would keep
+Adam's moments, recompiling would reset them; the official scripts are not in our hands); the batch order and the
+augmentation of session k, epoch e come from a generator seeded by (seed, k, e), so a resumed run equals an
+uninterrupted one; Adam uses Keras' epsilon 1e-7.
+
+Per-session lists in the trajectory meta (`session_sizes`, `test_acc`, `dist_to_theta0`, `train_loss`) are indexed
+by k (Θ0 first), unlike the parameter stacks, which are oldest first.
+
+The collector (`collect`, `collect_group`, `collect_one`, `know collect`) samples trials like the official sample
+(rate ~ U(0.3, 0.9), lr ~ U(1e-5, 4e-3), batch ~ int(U(32, |D0| r^(S-1))), 7 sessions of one epoch, Adam) over
+architectures x datasets. Trials come in groups of `group_size` that share architecture, dataset, rate and batch
+size (our choice) and differ in lr and seed (init, subsets, batch order, augmentation), so a group trains in one
+stacked pass (`forget_stacked`, torch.func + vmap) that equals one-at-a-time training to float rounding. Each
+trial's marginal distribution is the official one; within a group rate and batch size are shared, not independent.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from know.data import Augment, ImageSet, get_dataset, subset_sizes
+from know.errors import KnowError
+from know.train import (Stack, StackedAdam, atomic_save, cpu_state, evaluate, evaluate_stacked, fast_layout, generator,
+                        make_optimizer, override, parse_overrides, resolve_device, seed_from, seeded_model, stackable,
+                        train_epoch, train_epoch_stacked, weight_distance)
+from know.trajectory import Trajectory
+
+# Fields that do not change what a run computes (excluded from resume fingerprints).
+_NON_IDENTIFYING = ("device", "data_root", "eval_batch_size")
+
+
+@dataclass
+class ForgetCfg:
+    """One forgetting run. Defaults: the paper's main protocol (paper.md §4, official CIFAR-100 script)."""
+
+    model: str = "resnet18_know"  # §4: ResNet-18 variant (registry name)
+    model_kwargs: dict = field(default_factory=dict)  # e.g. {"width": 0.25} for a narrow resnet18_know
+    dataset: str = "cifar100"  # §4: upstream CIFAR-100
+    data_root: str | None = None  # None: $KNOW_DATA or ~/.cache/know/data
+    channels: int | None = None  # None: the dataset's own channel count
+    size: int = 32  # input side length in pixels (§4: 32x32)
+    data_fraction: float = 1.0  # share of the train split forming D0 (the T-A columns 100/50/25 %)
+    max_images: int | None = None  # our choice: optional cap on |D0| for small profiles (None: no cap)
+    rate: float = 0.5  # §1/§4: |Dk| = r^k |D0|
+    sessions: int = 5  # §1: S = 5 checkpoints Θ(S-1) .. Θ0
+    pretrain_epochs: int = 1  # official sample: 1 epoch on D0; the paper's real schedule is unknown (§7)
+    epochs_per_session: int = 1  # official sample: 1 epoch per session; paper unknown (§7)
+    optimizer: str = "adam"  # §4: Adam
+    lr: float = 1e-3  # §4: Adam 1e-3
+    batch_size: int = 128  # §4
+    augment: bool = True  # §4: rotation 10°, shift 0.15, zoom 0.3, nearest fill
+    restart_from_initial: bool = False  # True: the official meta-dataset sample's variant (§3)
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when available
+    eval_images: int | None = None  # our choice: test images per accuracy check (None: the whole test split)
+    eval_batch_size: int = 1024  # speed only
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+def load_data(cfg: ForgetCfg) -> tuple[ImageSet, ImageSet]:
+    """Train and (optionally subsampled) test split on the run's device."""
+    dev = resolve_device(cfg.device)
+    kw = dict(root=cfg.data_root, channels=cfg.channels, size=cfg.size, device=dev)
+    train, test = get_dataset(cfg.dataset, "train", **kw), get_dataset(cfg.dataset, "test", **kw)
+    if cfg.eval_images is not None and cfg.eval_images < len(test):
+        keep = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:cfg.eval_images]
+        test = test.subset(keep)  # a fixed subset: the same images for every run
+    return train, test
+
+
+def top_size(cfg: ForgetCfg, n_train: int) -> int:
+    """|D0|: data_fraction of the train split, capped by max_images."""
+    n = max(1, int(round(n_train * cfg.data_fraction)))
+    return min(n, cfg.max_images) if cfg.max_images else n
+
+
+def session_subsets(cfg: ForgetCfg, n_train: int) -> list[Tensor]:
+    """D0 ⊃ D1 ⊃ ...: prefixes of one permutation seeded by (seed, dataset) only, so a run on 50 % of the data
+    uses the D1 of the 100 % run as its D0."""
+    perm = torch.randperm(n_train, generator=generator(cfg.seed, cfg.dataset, "subsets"))
+    return [perm[:s] for s in subset_sizes(top_size(cfg, n_train), cfg.rate, cfg.sessions)]
+
+
+def build_model(cfg: ForgetCfg, train: ImageSet) -> nn.Module:
+    """The run's model with its seeded initial weights, on the data's device."""
+    model = seeded_model(cfg.model, seed_from(cfg.seed, "init"), train.num_classes, train.shape[0],
+                         train.shape[-1], cfg.model_kwargs)
+    return fast_layout(model.to(train.y.device))
+
+
+def fingerprint(cfg: ForgetCfg, *extra) -> int:
+    """Hash of everything that changes the computation: a checkpoint folder refuses another run's config."""
+    fields = {k: v for k, v in asdict(cfg).items() if k not in _NON_IDENTIFYING}
+    return seed_from(sorted(fields.items()), *extra)
+
+
+def _checksum(state: dict[str, Tensor]) -> str:
+    return f"{sum(float(v.double().sum()) for v in state.values() if v.is_floating_point()):.10g}"
+
+
+def _load_ckpt(path: Path, fp: int) -> dict | None:
+    if not path.is_file():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("fingerprint") != fp:
+        raise KnowError(f"{path} belongs to a run with a different config or Θ0; use a fresh --ckpt-dir")
+    return ckpt
+
+
+def _meta(cfg: ForgetCfg, train: ImageSet, sizes: list[int], records: list[dict]) -> dict:
+    return {
+        "architecture": cfg.model, "model_kwargs": cfg.model_kwargs, "in_chans": train.shape[0],
+        "img_size": train.shape[-1], "num_classes": train.num_classes, "dataset": cfg.dataset,
+        "rate": cfg.rate, "sessions": cfg.sessions, "session_sizes": sizes, "lr": cfg.lr,
+        "batch_size": cfg.batch_size, "epochs_per_session": cfg.epochs_per_session,
+        "pretrain_epochs": cfg.pretrain_epochs, "optimizer": cfg.optimizer, "seed": cfg.seed,
+        "restart_from_initial": cfg.restart_from_initial, "augment": cfg.augment,
+        "data_fraction": cfg.data_fraction, "max_images": cfg.max_images,
+        "test_acc": [r["test_acc"] for r in records], "dist_to_theta0": [r["dist_to_theta0"] for r in records],
+        "train_loss": [r["train_loss"] for r in records], "config": asdict(cfg),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- one run
+def pretrain(cfg: ForgetCfg, ckpt_dir: str | Path | None = None, progress: bool = True) -> dict[str, Tensor]:
+    """Θ0: `pretrain_epochs` epochs on D0 from the seeded initial weights; returns a CPU state_dict.
+
+    With `ckpt_dir`, saves model + optimizer after every epoch (atomically) and resumes from the last one.
+    """
+    train, _ = load_data(cfg)
+    d0 = session_subsets(cfg, len(train))[0]
+    model = build_model(cfg, train)
+    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
+    path, fp, start = (Path(ckpt_dir) / "pretrain.pt" if ckpt_dir else None), fingerprint(cfg), 0
+    ckpt = _load_ckpt(path, fp) if path else None
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        start = ckpt["epoch"]
+    aug = Augment() if cfg.augment else None
+    for e in range(start, cfg.pretrain_epochs):
+        desc = f"pretrain epoch {e + 1}/{cfg.pretrain_epochs}" if progress else None
+        train_epoch(model, train, d0, opt, cfg.batch_size, generator(cfg.seed, "session", 0, "epoch", e), aug, desc)
+        if path:
+            atomic_save({"fingerprint": fp, "epoch": e + 1, "model": cpu_state(model), "opt": opt.state_dict()}, path)
+    return cpu_state(model)
+
+
+def forget(cfg: ForgetCfg, theta0_state: dict[str, Tensor], ckpt_dir: str | Path | None = None,
+           progress: bool = True) -> Trajectory:
+    """Sessions Θ1 .. Θ(S-1) from Θ0 (sequential, or from the initial weights when restart_from_initial).
+
+    Records per session k: test accuracy, ‖Θk − Θ0‖₂ over parameters, mean train loss of the last epoch.
+    With `ckpt_dir`, each finished session and each finished epoch is saved atomically; a rerun resumes.
+    """
+    train, test = load_data(cfg)
+    subsets = session_subsets(cfg, len(train))
+    model = build_model(cfg, train)
+    init = cpu_state(model)  # the seeded initial weights (restart_from_initial starts every session here)
+    pnames = [n for n, _ in model.named_parameters()]
+    theta0 = {k: v.detach().cpu() for k, v in theta0_state.items()}
+    model.load_state_dict(theta0)
+    states = [theta0]
+    records = [{"test_acc": evaluate(model, test, cfg.eval_batch_size), "dist_to_theta0": 0.0, "train_loss": None}]
+    fp = fingerprint(cfg, _checksum(theta0))
+    for k in range(1, cfg.sessions):
+        start = init if cfg.restart_from_initial else states[-1]
+        state, rec = _session(cfg, k, model, start, train, test, subsets[k], ckpt_dir, fp, progress)
+        rec["dist_to_theta0"] = weight_distance(state, theta0, pnames)
+        states.append(state)
+        records.append(rec)
+    meta = _meta(cfg, train, [len(s) for s in subsets], records)
+    return Trajectory.from_sessions(states, model, meta)
+
+
+def _session(cfg: ForgetCfg, k: int, model: nn.Module, start: dict, train: ImageSet, test: ImageSet, idx: Tensor,
+             ckpt_dir, fp: int, progress: bool) -> tuple[dict[str, Tensor], dict]:
+    """Train session k from `start` with a fresh optimizer; resumable from `ckpt_dir`."""
+    done = Path(ckpt_dir) / f"session{k}.pt" if ckpt_dir else None
+    partial = Path(ckpt_dir) / "session_partial.pt" if ckpt_dir else None
+    finished = _load_ckpt(done, fp) if done else None
+    if finished:
+        return finished["state"], finished["record"]
+    model.load_state_dict(start)
+    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
+    first, loss = 0, float("nan")
+    ckpt = _load_ckpt(partial, fp) if partial else None
+    if ckpt and ckpt["session"] == k:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        first, loss = ckpt["epoch"], ckpt["loss"]
+    aug = Augment() if cfg.augment else None
+    for e in range(first, cfg.epochs_per_session):
+        desc = f"session {k}/{cfg.sessions - 1} epoch {e + 1}/{cfg.epochs_per_session}" if progress else None
+        loss = train_epoch(model, train, idx, opt, cfg.batch_size, generator(cfg.seed, "session", k, "epoch", e),
+                           aug, desc)
+        if partial and e + 1 < cfg.epochs_per_session:
+            atomic_save({"fingerprint": fp, "session": k, "epoch": e + 1, "loss": loss, "model": cpu_state(model),
+                         "opt": opt.state_dict()}, partial)
+    state = cpu_state(model)
+    rec = {"test_acc": evaluate(model, test, cfg.eval_batch_size), "train_loss": loss}
+    if done:
+        atomic_save({"fingerprint": fp, "state": state, "record": rec}, done)
+    return state, rec
+
+
+def pretrain_and_forget(cfg: ForgetCfg, ckpt_dir: str | Path | None = None, progress: bool = True) -> Trajectory:
+    """`forget(cfg, pretrain(cfg))`: the one-at-a-time path of a whole trajectory."""
+    return forget(cfg, pretrain(cfg, ckpt_dir, progress), ckpt_dir, progress)
+
+
+# ---------------------------------------------------------------------------------------------- stacked runs
+def _check_stackable_cfgs(cfgs: list[ForgetCfg]) -> None:
+    shared = [{k: v for k, v in asdict(c).items() if k not in ("lr", "seed")} for c in cfgs]
+    if any(s != shared[0] for s in shared[1:]):
+        raise ValueError("stacked runs must share every setting except lr and seed")
+
+
+def can_stack(cfgs: list[ForgetCfg], model: nn.Module) -> bool:
+    """Stacking needs a buffer-free, dropout-free model and Adam (the stacked optimizer)."""
+    return stackable(model) and cfgs[0].optimizer == "adam"
+
+
+def forget_stacked(cfgs: list[ForgetCfg], progress: bool = True, backend: str = "auto") -> list[Trajectory]:
+    """`pretrain_and_forget` for K runs that differ only in lr and seed, trained as one `Stack`.
+
+    Member m gets its own initial weights, subsets, batch orders and augmentations (from cfgs[m].seed), exactly as
+    the one-at-a-time path would, so the results agree to float rounding. Falls back to one at a time when the
+    model cannot be stacked (see `can_stack`). backend: "auto" | "wide" | "vmap" (see `know.train.Stack`).
+    """
+    _check_stackable_cfgs(cfgs)
+    c0 = cfgs[0]
+    train, test = load_data(c0)
+    subsets = [session_subsets(c, len(train)) for c in cfgs]
+    models = [build_model(c, train) for c in cfgs]
+    template = models[0]
+    if not can_stack(cfgs, template):
+        return [pretrain_and_forget(c, progress=progress) for c in cfgs]
+    inits = [cpu_state(m) for m in models]
+    stack = Stack(template, inits, train.x[:2], backend)
+    lrs = torch.tensor([c.lr for c in cfgs])
+    aug = Augment() if c0.augment else None
+
+    def run(k: int, epochs: int) -> Tensor:
+        opt, loss = StackedAdam(stack.params, lrs), torch.full((len(cfgs),), float("nan"))  # fresh per session
+        for e in range(epochs):
+            desc = f"stacked x{len(cfgs)} session {k}/{c0.sessions - 1} epoch {e + 1}/{epochs}" if progress else None
+            gens = [generator(c.seed, "session", k, "epoch", e) for c in cfgs]
+            loss = train_epoch_stacked(stack, opt, train, [s[k] for s in subsets], c0.batch_size, gens, aug, desc)
+        return loss
+
+    run(0, c0.pretrain_epochs)
+    theta0 = [stack.member(m) for m in range(len(cfgs))]
+    states = [[t] for t in theta0]
+    accs = evaluate_stacked(stack, test, c0.eval_batch_size)
+    records = [[{"test_acc": a, "dist_to_theta0": 0.0, "train_loss": None}] for a in accs]
+    for k in range(1, c0.sessions):
+        if c0.restart_from_initial:
+            stack.load(inits)
+        loss = run(k, c0.epochs_per_session)
+        accs = evaluate_stacked(stack, test, c0.eval_batch_size)
+        for m in range(len(cfgs)):
+            states[m].append(stack.member(m))
+            records[m].append({"test_acc": accs[m], "train_loss": float(loss[m]),
+                               "dist_to_theta0": weight_distance(states[m][-1], theta0[m], stack.names)})
+    sizes = [len(s) for s in subsets[0]]
+    return [Trajectory.from_sessions(states[m], template, _meta(c, train, sizes, records[m]))
+            for m, c in enumerate(cfgs)]
+
+
+# ---------------------------------------------------------------------------------------------- the collector
+@dataclass
+class CollectCfg:
+    """A meta-dataset of forgetting trajectories sampled like the official sample script (paper.md §3)."""
+
+    models: list[str] = field(default_factory=lambda: ["simplenet"])  # §3: the sample's SimpleNet
+    datasets: list[str] = field(default_factory=lambda: ["fashion_mnist", "mnist10k", "digits"])  # our choice:
+    # the offline analogs of the paper's Fashion-MNIST / MNIST / CIFAR-10 (CIFAR needs a download)
+    model_kwargs: dict = field(default_factory=dict)
+    data_root: str | None = None
+    trials: int = 48  # our choice (the paper's count is unknown, §3)
+    group_size: int = 16  # our choice: trials stacked per group (share architecture, dataset, rate, batch size)
+    sessions: int = 7  # §3: 7 sessions per trajectory
+    rate_min: float = 0.3  # §3: rate ~ U(0.3, 0.9)
+    rate_max: float = 0.9
+    lr_min: float = 1e-5  # §3: lr ~ U(1e-5, 4e-3)
+    lr_max: float = 4e-3
+    batch_min: int = 32  # §3: batch ~ int(U(32, |D0| r^(S-1)))
+    batch_max: int | None = 1024  # our choice: caps the upper end for memory (K x batch images per step)
+    pretrain_epochs: int = 1  # §3: one epoch per session, D0 included
+    epochs_per_session: int = 1  # §3
+    max_images: int | None = None  # our choice: optional cap on |D0| (small profiles, benchmarks)
+    restart_from_initial: bool = False  # paper: sequential; True = the official sample's restarts
+    augment: bool = True  # §3: the sample's augmentation
+    eval_images: int | None = 1000  # our choice: test images per accuracy check (None: whole test split)
+    seed: int = 0
+    device: str = "auto"
+    channels: int | None = None
+    size: int = 32
+    stacked: bool = True  # False: one trial at a time (the benchmark's baseline)
+    backend: str = "auto"  # stacked training: auto | wide (grouped convs) | vmap (torch.func), see know.train.Stack
+
+
+def combos(cfg: CollectCfg) -> list[tuple[str, str]]:
+    """(model, dataset) pairs; group g uses pair g mod len."""
+    return [(m, d) for m in cfg.models for d in cfg.datasets]
+
+
+def num_groups(cfg: CollectCfg) -> int:
+    return math.ceil(cfg.trials / cfg.group_size)
+
+
+def group_trials(cfg: CollectCfg, group: int) -> list[int]:
+    return list(range(group * cfg.group_size, min(cfg.trials, (group + 1) * cfg.group_size)))
+
+
+@functools.lru_cache(maxsize=16)
+def _train_size(dataset: str, root: str | None) -> int:
+    return len(get_dataset(dataset, "train", root, size=None))
+
+
+def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=gen, dtype=torch.float64))
+
+
+def trial_cfg(cfg: CollectCfg, trial: int) -> ForgetCfg:
+    """The ForgetCfg of trial `trial`: rate and batch size drawn per group, lr and seed per trial."""
+    group = trial // cfg.group_size
+    model, dataset = combos(cfg)[group % len(combos(cfg))]
+    g = generator(cfg.seed, "collect-group", group)
+    rate = _uniform(g, cfg.rate_min, cfg.rate_max)
+    base = ForgetCfg(model=model, model_kwargs=dict(cfg.model_kwargs), dataset=dataset, data_root=cfg.data_root,
+                     channels=cfg.channels, size=cfg.size, max_images=cfg.max_images, rate=rate,
+                     sessions=cfg.sessions, pretrain_epochs=cfg.pretrain_epochs,
+                     epochs_per_session=cfg.epochs_per_session, augment=cfg.augment,
+                     restart_from_initial=cfg.restart_from_initial, device=cfg.device, eval_images=cfg.eval_images)
+    smallest = top_size(base, _train_size(dataset, cfg.data_root)) * rate ** (cfg.sessions - 1)  # |D(S-1)|
+    hi = max(cfg.batch_min, min(smallest, cfg.batch_max or math.inf))
+    batch = int(_uniform(g, cfg.batch_min, hi))
+    lr = _uniform(generator(cfg.seed, "collect-trial", trial), cfg.lr_min, cfg.lr_max)
+    return replace(base, batch_size=batch, lr=lr, seed=seed_from(cfg.seed, "collect-trial", trial))
+
+
+def trial_path(cfg: CollectCfg, trial: int, out_dir: str | Path) -> Path:
+    """File name carrying the hyper-parameters, in the official naming style."""
+    fc = trial_cfg(cfg, trial)
+    arch = fc.model.replace(":", "-")
+    return Path(out_dir) / (f"{arch}_{fc.dataset}_trial{trial:05d}_SamplingRate_{fc.rate:.6f}_LR_{fc.lr:.6e}"
+                            f"_BS_{fc.batch_size}.safetensors")
+
+
+def _save_trial(cfg: CollectCfg, trial: int, traj: Trajectory, out_dir) -> Path:
+    traj.meta.update(trial=trial, group=trial // cfg.group_size, collect_config=asdict(cfg))
+    return traj.save(trial_path(cfg, trial, out_dir))
+
+
+def collect_one(cfg: CollectCfg, trial: int, out_dir: str | Path, progress: bool = True) -> Path:
+    """Train trial `trial` alone (no stacking) and write its trajectory; an existing file is kept."""
+    path = trial_path(cfg, trial, out_dir)
+    if path.is_file():
+        return path
+    return _save_trial(cfg, trial, pretrain_and_forget(trial_cfg(cfg, trial), progress=progress), out_dir)
+
+
+def collect_group(cfg: CollectCfg, group: int, out_dir: str | Path, progress: bool = True) -> list[Path]:
+    """Train the unfinished trials of `group` (stacked unless cfg.stacked is False); one job-array task."""
+    trials = group_trials(cfg, group)
+    todo = [t for t in trials if not trial_path(cfg, t, out_dir).is_file()]
+    if todo and cfg.stacked:
+        for t, traj in zip(todo, forget_stacked([trial_cfg(cfg, t) for t in todo], progress, cfg.backend)):
+            _save_trial(cfg, t, traj, out_dir)
+    for t in todo if not cfg.stacked else []:
+        collect_one(cfg, t, out_dir, progress)
+    return [trial_path(cfg, t, out_dir) for t in trials]
+
+
+def collect(cfg: CollectCfg, out_dir: str | Path, progress: bool = True) -> list[Path]:
+    """Every group in turn (locally); finished trials are skipped, so a rerun resumes."""
+    from tqdm.auto import tqdm
+
+    paths = []
+    for g in tqdm(range(num_groups(cfg)), desc="collect groups", disable=not progress):
+        paths += collect_group(cfg, g, out_dir, progress)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _split_args(prog: str, description: str, argv: list[str], extra) -> tuple[argparse.Namespace, dict]:
+    p = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
+                                epilog="Any config field can be set with --key=value (see the dataclass).")
+    extra(p)
+    args, rest = p.parse_known_args(argv)
+    return args, parse_overrides(rest)
+
+
+def main(argv: list[str]) -> int:
+    """`know forget --model simplenet --dataset fashion_mnist --out traj.safetensors [--key=value ...]`."""
+    def extra(p):
+        p.add_argument("--out", required=True, help="trajectory file (.safetensors)")
+        p.add_argument("--theta0", default=None, help="state_dict (.pt) of Θ0: skip pre-training")
+        p.add_argument("--ckpt-dir", default=None, help="folder for resumable per-epoch / per-session checkpoints")
+
+    args, values = _split_args("know forget", "Pre-train Θ0 and collect a forgetting trajectory.", argv, extra)
+    cfg = override(ForgetCfg(), values)
+    t0 = time.time()
+    theta0 = torch.load(args.theta0, map_location="cpu") if args.theta0 else pretrain(cfg, args.ckpt_dir)
+    traj = forget(cfg, theta0, args.ckpt_dir)
+    traj.save(args.out)
+    accs = ", ".join(f"Θ{k} {a:.4f}" for k, a in enumerate(traj.meta["test_acc"]))
+    print(f"wrote {args.out}: {traj.num_sessions} sessions, sizes {traj.meta['session_sizes']}, "
+          f"test acc {accs}, {time.time() - t0:.1f} s")
+    return 0
+
+
+def collect_main(argv: list[str]) -> int:
+    """`know collect --out DIR [--group G | --trial I] [--key=value ...]`."""
+    def extra(p):
+        p.add_argument("--out", required=True, help="folder for the trajectory files")
+        p.add_argument("--group", type=int, default=None, help="run only this group (a job-array index)")
+        p.add_argument("--trial", type=int, default=None, help="run only this trial, alone")
+
+    args, values = _split_args("know collect", "Collect a meta-dataset of forgetting trajectories.", argv, extra)
+    cfg = override(CollectCfg(), values)
+    t0 = time.time()
+    if args.trial is not None:
+        paths = [collect_one(cfg, args.trial, args.out)]
+    elif args.group is not None:
+        paths = collect_group(cfg, args.group, args.out)
+    else:
+        paths = collect(cfg, args.out)
+    print(f"{len(paths)} trajectories in {args.out} ({num_groups(cfg)} groups of <= {cfg.group_size}), "
+          f"{time.time() - t0:.1f} s")
+    return 0

@@ -1,0 +1,437 @@
+"""KNOWN, the element-wise hyper-model of KNOW prediction, and its weights.
+
+KNOWN reads the last `window` snapshots of one scalar weight (most-forgotten first, Θ0 last) together with their
+first differences, and predicts a tanh-bounded increment over the newest value. The graph follows
+`shared/reference/known_keras/README.md` exactly (two branches, one exp term per branch, LeakyReLU 0.3, tanh head).
+
+Weights come from three places:
+- the authors' Keras files (`load_official`), looked up by layer name; `find_weights` finds, downloads and
+  sha256-checks them and is shared with other Keras imports (e.g. WNN);
+- our own meta-trained models (`save_known` / `load_known`), safetensors with JSON metadata.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from know.errors import UnknownName, WeightsError
+
+LEAKY_SLOPE = 0.3  # Keras LeakyReLU default (PyTorch's default is 0.01)
+CHUNK_ROWS = 4096  # rows per fused CPU inference chunk: amortises op dispatch, working set (~5 MB) stays in cache
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model
+
+
+class Branch(nn.Module):
+    """One KNOWN branch: lift to `width`, a TrAct-exp block with one exp term, project, LeakyReLU(0.3)."""
+
+    def __init__(self, n_in: int, width: int, compressed: int, proj: int):
+        super().__init__()
+        self.lift = nn.Linear(n_in, width)
+        self.compress = nn.Linear(width, compressed)  # followed by ReLU
+        self.additive = nn.Linear(compressed, width)
+        self.gain = nn.Linear(compressed, width)  # multiplies the exp term
+        self.rate = nn.Linear(compressed, width)  # multiplies h inside the exp
+        self.project = nn.Linear(width, proj)  # followed by LeakyReLU(0.3)
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        h = self.lift(inp)  # (N, width)
+        z = F.relu(self.compress(h))  # (N, compressed)
+        t = self.additive(z) + self.gain(z) * torch.exp(self.rate(z) * h)  # (N, width)
+        return F.leaky_relu(self.project(t), LEAKY_SLOPE)  # (N, proj)
+
+
+class KNOWN(nn.Module):
+    """Element-wise weight predictor: (x, dx) -> increment in (-1, 1) over x[:, -1].
+
+    Args:
+        window: snapshots per scalar (the paper's S = 5); x has `window` columns, dx one fewer.
+        width, compressed, proj: branch widths (64, 8, 32 in the release; 9,425 parameters for window 5).
+    """
+
+    def __init__(self, window: int = 5, width: int = 64, compressed: int = 8, proj: int = 32):
+        super().__init__()
+        if window < 2:
+            raise ValueError(f"KNOWN needs window >= 2 (dx has window-1 columns), got {window}")
+        self.window, self.width, self.compressed, self.proj = window, width, compressed, proj
+        self.branch_x = Branch(window, width, compressed, proj)
+        self.branch_dx = Branch(window - 1, width, compressed, proj)
+        self.head = nn.Linear(2 * proj, 1)  # followed by tanh
+        self.meta: dict = {}  # where the weights came from (filled by the loaders)
+        self.reset_parameters()
+
+    @property
+    def arch(self) -> dict[str, int]:
+        return dict(window=self.window, width=self.width, compressed=self.compressed, proj=self.proj)
+
+    def reset_parameters(self) -> None:
+        """Keras initialisers of the official builder (our meta-training starts from the same distribution)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)  # Keras glorot_uniform default
+                nn.init.zeros_(m.bias)
+        for b in (self.branch_x, self.branch_dx):
+            for lin in (b.lift, b.project):  # VarianceScaling(0.1, fan_in, uniform) in KNOWN.py
+                bound = math.sqrt(3 * 0.1 / lin.in_features)
+                nn.init.uniform_(lin.weight, -bound, bound)
+
+    def forward(self, x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+        """x (N, window), dx (N, window-1) -> (N, 1). Uses the fused path when no gradient is needed."""
+        if not torch.is_grad_enabled() or not (x.requires_grad or dx.requires_grad
+                                                or any(p.requires_grad for p in self.parameters())):
+            with torch.no_grad():
+                return _FusedKNOWN(self)(x, dx)
+        a = self.branch_x(x)  # (N, proj)
+        b = self.branch_dx(dx)  # (N, proj)
+        return torch.tanh(self.head(torch.cat([a, b], dim=1)))  # (N, 1)
+
+    def forward_reference(self, x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+        """The plain layer-by-layer graph, whatever the grad mode (for tests and debugging)."""
+        return torch.tanh(self.head(torch.cat([self.branch_x(x), self.branch_dx(dx)], dim=1)))
+
+    @torch.inference_mode()
+    def step(self, window_values: torch.Tensor) -> torch.Tensor:
+        """One KNOW step on raw snapshots (N, window), oldest first -> the new value (N,), float32.
+
+        dx is the float32 difference of the window, as in the official helpers; new = x[:, -1] + KNOWN(x, dx).
+        """
+        x = window_values.to(torch.float32)
+        if x.ndim != 2 or x.shape[1] != self.window:
+            raise ValueError(f"step expects (N, {self.window}) values, got {tuple(x.shape)}")
+        return _FusedKNOWN(self).step(x)
+
+
+class _FusedKNOWN:
+    """Inference-only KNOWN on feature-major activations: every tensor is (features, rows).
+
+    Row-major (rows, 64) activations make each 64-wide slice strided and cost about twice as much on CPU; here
+    rate / gain / additive come out of one matmul as contiguous row blocks and every element-wise op runs in place
+    on a contiguous block. Biases are folded in as a constant row of ones. Layers are kept exactly as in Keras
+    (no algebraic folding: folding project into additive moves outputs by ~2e-6, the tolerance).
+    Chunks of `chunk` rows keep the working set (about 1.3 KB per row) in cache.
+    """
+
+    def __init__(self, m: KNOWN, chunk: int | None = None):
+        self.window, self.width, self.compressed, self.proj = m.window, m.width, m.compressed, m.proj
+        p = next(m.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.chunk = chunk or (CHUNK_ROWS if p.device.type == "cpu" else 1 << 20)
+        self.branches = [self._pack(b) for b in (m.branch_x, m.branch_dx)]
+        self.head, self.head_bias = m.head.weight.contiguous(), m.head.bias  # (1, 2 * proj), (1,)
+
+    @staticmethod
+    def _pack(b: Branch) -> dict[str, torch.Tensor]:
+        """Weights with their bias as an extra last column: (out, in + 1)."""
+        def aug(w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            return torch.cat([w, bias[:, None]], dim=1).contiguous()
+        return {"lift": aug(b.lift.weight, b.lift.bias),  # (width, n_in + 1)
+                "compress": aug(b.compress.weight, b.compress.bias),  # (compressed, width + 1)
+                "rga": aug(torch.cat([b.rate.weight, b.gain.weight, b.additive.weight]),
+                           torch.cat([b.rate.bias, b.gain.bias, b.additive.bias])),  # (3 width, compressed + 1)
+                "project": aug(b.project.weight, b.project.bias)}  # (proj, width + 1)
+
+    def _buffers(self, n: int) -> dict[str, torch.Tensor]:
+        w, c, p, win = self.width, self.compressed, self.proj, self.window
+        kw = dict(device=self.device, dtype=self.dtype)
+        buf = {"x": torch.empty(win + 1, n, **kw), "dx": torch.empty(win, n, **kw),  # inputs | ones
+               "h": torch.empty(w + 1, n, **kw), "z": torch.empty(c + 1, n, **kw),  # activations | ones
+               "rga": torch.empty(3 * w, n, **kw), "ab": torch.empty(2 * p, n, **kw), "y": torch.empty(1, n, **kw)}
+        for k in ("x", "dx", "h", "z"):
+            buf[k][-1] = 1.0
+        return buf
+
+    def __call__(self, x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(x.shape[0], 1, device=x.device, dtype=x.dtype)
+        buf = self._buffers(min(self.chunk, x.shape[0]))
+        for i in range(0, x.shape[0], self.chunk):
+            b = _first_cols(buf, min(self.chunk, x.shape[0] - i))
+            b["x"][:-1].copy_(x[i:i + self.chunk].T)
+            b["dx"][:-1].copy_(dx[i:i + self.chunk].T)
+            out[i:i + self.chunk, 0] = self._chunk(b)
+        return out
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        new = torch.empty(x.shape[0], device=x.device, dtype=x.dtype)
+        buf = self._buffers(min(self.chunk, x.shape[0]))
+        for i in range(0, x.shape[0], self.chunk):
+            b = _first_cols(buf, min(self.chunk, x.shape[0] - i))
+            xs = b["x"][:-1]  # (window, n)
+            xs.copy_(x[i:i + self.chunk].T)
+            torch.sub(xs[1:], xs[:-1], out=b["dx"][:-1])  # float32 differences, as the official helpers
+            new[i:i + self.chunk] = self._chunk(b).add_(xs[-1])
+        return new
+
+    def _chunk(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        w, c, p = self.width, self.compressed, self.proj
+        h, z, rga = b["h"], b["z"], b["rga"]
+        for i, (inp, wts) in enumerate(zip((b["x"], b["dx"]), self.branches)):
+            torch.mm(wts["lift"], inp, out=h[:w])  # (width, n)
+            torch.mm(wts["compress"], h, out=z[:c]).relu_()  # (compressed, n)
+            torch.mm(wts["rga"], z, out=rga)  # (3 width, n): rate | gain | additive
+            t = h[:w].mul_(rga[:w]).exp_()  # exp(rate * h)
+            torch.addcmul(rga[2 * w:], rga[w:2 * w], t, out=t)  # additive + gain * exp(...)
+            o = b["ab"][i * p:(i + 1) * p]  # rows 0..p-1 = a, p..2p-1 = b: the Keras concat order
+            F.leaky_relu_(torch.mm(wts["project"], h, out=o), LEAKY_SLOPE)  # (proj, n)
+        torch.mm(self.head, b["ab"], out=b["y"])
+        return b["y"][0].add_(self.head_bias).tanh_()  # (n,) view of the buffer: consume before the next chunk
+
+
+def _first_cols(buf: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """The buffers restricted to their first n columns (only the last chunk is shorter)."""
+    return buf if n == next(iter(buf.values())).shape[1] else {k: v[:, :n] for k, v in buf.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Finding weight files (shared by every Keras import)
+
+KNOWN_URL_BASE = "https://raw.githubusercontent.com/jjh6297/KNOW/main"
+KNOWN_ENV = "KNOW_WEIGHTS_DIR"
+OFFLINE_ENV = "KNOW_OFFLINE"  # set to 1 to never download
+DOWNLOAD_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class OfficialFile:
+    filename: str
+    sha256: str
+    size: int = 94_416  # bytes (all three KNOWN files); quoted when a copy looks truncated
+
+
+# kind -> the authors' file (sha256 of the blobs in jjh6297/KNOW at bbf6963)
+OFFICIAL_KNOWN: dict[str, OfficialFile] = {
+    "conv": OfficialFile("KNOWN_Conv.h5", "b66f1cadf41cba243d70ce38ef01a9da3466ca7a3723c9bafa2d3ca359bfada6"),
+    "fc": OfficialFile("KNOWN_FC.h5", "e34bcc8f1cf7988856b19b1e15d29764fa6ccd8431c20858e8bc3812ed5bd26a"),
+    "bias": OfficialFile("KNOWN_Bias.h5", "1fcdc8b3167e724dc7fc4f6d439ffa9d626cbd73c6d46711cb7fc721514f1cb5"),
+}
+
+# sha256 -> file name of every weight file we know, to tell a user which file they actually have.
+# Other importers (WNN) add their files with `record_sha256`.
+RECORDED_SHA256: dict[str, str] = {f.sha256: f.filename for f in OFFICIAL_KNOWN.values()}
+RECORDED_SIZE: dict[str, int] = {f.sha256: f.size for f in OFFICIAL_KNOWN.values()}
+
+
+def record_sha256(filename: str, sha256: str, size: int | None = None) -> None:
+    """Make `find_weights` able to name this file when a user has it under another name."""
+    RECORDED_SHA256[sha256] = filename
+    if size is not None:
+        RECORDED_SIZE[sha256] = size
+
+
+def cache_dir(sub: str = "official") -> Path:
+    """User cache for downloaded weights: $XDG_CACHE_HOME/know/<sub> (default ~/.cache/know/<sub>)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "know" / sub
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def find_weights(filename: str, sha256: str, env_var: str, url_base: str | None,
+                 weights_dir: str | os.PathLike | None = None, cache: Path | None = None) -> Path:
+    """Return a verified local copy of `filename`.
+
+    Looks in `weights_dir`, then `$env_var`, then `cache` (default `~/.cache/know/official`); the first copy found
+    is used and must match `sha256`. With no copy, downloads `url_base/filename` into `cache` (atomically, then
+    checked) unless `url_base` is None or $KNOW_OFFLINE is set. Raises WeightsError with the fix otherwise.
+    """
+    cache = cache_dir() if cache is None else Path(cache)
+    dirs = [Path(d).expanduser() for d in (weights_dir, os.environ.get(env_var)) if d] + [cache]
+    for d in dirs:
+        if (d / filename).is_file():
+            _verify(d / filename, sha256, env_var)
+            return d / filename
+    searched = ", ".join(str(d) for d in dirs)
+    hint = f"put {filename} in one of them (or set ${env_var} to its folder)"
+    if url_base is None or os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+        raise WeightsError(f"{filename} not found (searched {searched}); {hint}")
+    url = f"{url_base}/{filename}"
+    try:
+        return _download(url, cache / filename, sha256, env_var)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        reason = getattr(e, "reason", e)
+        raise WeightsError(f"{filename} not found (searched {searched}) and download from {url} failed "
+                           f"({reason}); {hint}") from None
+
+
+def _verify(path: Path, sha256: str, env_var: str) -> None:
+    found = sha256_of(path)
+    if found == sha256:
+        return
+    other = RECORDED_SHA256.get(found)
+    expected = RECORDED_SHA256.get(sha256, path.name)
+    if other is not None and other != expected:
+        what = f"this is {other}, not {expected} (swapped files?)"
+    else:
+        size = path.stat().st_size
+        want = f" of {RECORDED_SIZE[sha256]}" if sha256 in RECORDED_SIZE else ""
+        what = f"sha256 {found[:12]}… != expected {sha256[:12]}…, {size}{want} bytes (truncated or corrupted?)"
+    raise WeightsError(f"{path}: {what}; replace it with the official {expected} "
+                       f"(delete it to re-download, or point ${env_var} at a folder with the right file)")
+
+
+def _download(url: str, dest: Path, sha256: str, env_var: str) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                out.write(block)
+        _verify(Path(tmp), sha256, env_var)  # never publish a bad download
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Keras Dense -> nn.Linear
+
+# KNOWN submodule -> Keras Dense layer name (README table; looked up by name, never by position)
+KNOWN_KERAS_NAMES: dict[str, str] = {
+    "branch_x.lift": "dense", "branch_x.compress": "dense_1", "branch_x.additive": "dense_2",
+    "branch_x.gain": "dense_3", "branch_x.rate": "dense_4", "branch_x.project": "dense_5",
+    "branch_dx.lift": "dense_6", "branch_dx.compress": "dense_7", "branch_dx.additive": "dense_8",
+    "branch_dx.gain": "dense_9", "branch_dx.rate": "dense_10", "branch_dx.project": "dense_11",
+    "head": "dense_12",
+}
+KERAS_KERNEL = "{name}/{name}/kernel:0"  # legacy `save_weights` layout
+KERAS_BIAS = "{name}/{name}/bias:0"
+
+
+def load_keras_dense(model: nn.Module, path: Path, names: Mapping[str, str],
+                     kernel: str = KERAS_KERNEL, bias: str = KERAS_BIAS) -> nn.Module:
+    """Copy Keras Dense layers from an h5 weights file into the nn.Linear submodules named in `names`.
+
+    `names` maps submodule path -> Keras layer name and must cover every Linear of `model`. A Keras kernel is
+    (in, out); nn.Linear stores (out, in), hence the transpose. Any missing or misshaped dataset: WeightsError.
+    """
+    import h5py
+
+    linears = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if linears != set(names):
+        raise ValueError(f"name mapping does not cover the model: missing {sorted(linears - set(names))}, "
+                         f"extra {sorted(set(names) - linears)}")
+    try:
+        with h5py.File(path, "r") as f:
+            for sub, name in names.items():
+                _copy_dense(model.get_submodule(sub), f, kernel.format(name=name), bias.format(name=name), path)
+    except WeightsError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise WeightsError(f"{path}: not a readable Keras weights file ({e}); replace it with the official file") \
+            from None
+    return model
+
+
+def _copy_dense(lin: nn.Linear, f, kpath: str, bpath: str, path: Path) -> None:
+    if kpath not in f or bpath not in f:
+        raise WeightsError(f"{path}: dataset {kpath if kpath not in f else bpath} is missing; "
+                           f"this is not the expected Keras weights file")
+    k, b = f[kpath][()], f[bpath][()]
+    if k.shape != (lin.in_features, lin.out_features) or b.shape != (lin.out_features,):
+        raise WeightsError(f"{path}: {kpath} has shape {k.shape}, bias {b.shape}; expected "
+                           f"({lin.in_features}, {lin.out_features}) and ({lin.out_features},)")
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(k).T)
+        lin.bias.copy_(torch.from_numpy(b))
+
+
+def load_official(kind: str, weights_dir: str | os.PathLike | None = None) -> KNOWN:
+    """The authors' pretrained KNOWN for `kind` in {"conv", "fc", "bias"} (window 5), in eval mode.
+
+    File lookup: `weights_dir`, then $KNOW_WEIGHTS_DIR, then ~/.cache/know/official (downloaded there from
+    GitHub jjh6297/KNOW when missing and online). The sha256 is always checked.
+    """
+    if kind not in OFFICIAL_KNOWN:
+        raise UnknownName(f"unknown KNOWN kind '{kind}'; choices: {', '.join(OFFICIAL_KNOWN)}")
+    spec = OFFICIAL_KNOWN[kind]
+    path = find_weights(spec.filename, spec.sha256, KNOWN_ENV, KNOWN_URL_BASE, weights_dir)
+    model = load_keras_dense(KNOWN(window=5), path, KNOWN_KERAS_NAMES)
+    model.meta = {"kind": kind, "source": "official", "file": spec.filename, "sha256": spec.sha256}
+    return model.eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Our own weights: safetensors + JSON metadata
+
+FORMAT = "know.known/1"
+
+
+def save_known(models: KNOWN | Mapping[str, KNOWN], path: str | os.PathLike, meta: Mapping | None = None) -> Path:
+    """Save one KNOWN or a {kind: KNOWN} dict as safetensors, atomically.
+
+    `meta` (JSON-serialisable: kind, training data, code version, metrics, ...) is stored in the header; a single
+    model is stored under its `meta["kind"]` (or "model") and loads back as a single model.
+    """
+    from safetensors.torch import save_file
+
+    single = isinstance(models, KNOWN)
+    meta = dict(meta or {})
+    group = {meta.get("kind", "model"): models} if single else dict(models)
+    tensors = {f"{k}.{n}": p.detach().to("cpu", torch.float32).contiguous()
+               for k, m in group.items() for n, p in m.state_dict().items()}
+    header = {"format": FORMAT, "single": "1" if single else "0",
+              "arch": json.dumps({k: m.arch for k, m in group.items()}), "meta": json.dumps(meta, default=str)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_known(path: str | os.PathLike) -> KNOWN | dict[str, KNOWN]:
+    """Load what `save_known` wrote; each model's `.meta` holds the saved metadata. Bad file: WeightsError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such KNOWN weights file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if header.get("format") != FORMAT:
+            raise ValueError(f"format is {header.get('format')!r}, expected {FORMAT!r}")
+        arch, meta = json.loads(header["arch"]), json.loads(header["meta"])
+        models = {k: _build(k, a, tensors, meta) for k, a in arch.items()}
+    except WeightsError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for truncated / corrupt headers
+        raise WeightsError(f"{path}: not a readable KNOWN safetensors file ({type(e).__name__}: {e}); "
+                           f"re-create it (e.g. rerun 'know meta-train')") from None
+    return next(iter(models.values())) if header.get("single") == "1" else models
+
+
+def _build(kind: str, arch: dict, tensors: dict, meta: dict) -> KNOWN:
+    model = KNOWN(**arch)
+    prefix = f"{kind}."
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    model.load_state_dict(state)  # strict: a missing tensor is an error
+    model.meta = {**meta, "kind": kind}
+    return model.eval()

@@ -1,0 +1,121 @@
+"""Two-phase transfer: what each phase trains, the cosine schedule, results, resuming (CPU seconds, debug data)."""
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+import know.transfer as tr
+from know.errors import KnowError
+from know.forgetting import ForgetCfg, forget, pretrain
+from know.train import seeded_model
+from know.transfer import TransferCfg, build_transfer_model, cosine_lr, run_transfer
+
+CFG = TransferCfg(dataset="debug", probe_epochs=1, finetune_epochs=0, batch_size=32, max_images=96, device="cpu",
+                  augment=False)
+
+
+def _upstream(name: str, in_chans: int = 1) -> dict:
+    return {k: v.clone() for k, v in seeded_model(name, 0, 4, in_chans, 32).state_dict().items()}
+
+
+def _final_state(tmp_path, cfg, state, name, seed=0):
+    ckpt = tmp_path / f"{name}-{cfg.probe_epochs}-{cfg.finetune_epochs}.pt"
+    res = run_transfer(cfg, state, name, {}, None, seed, ckpt, progress=False)
+    return res, torch.load(ckpt, weights_only=False)["model"]
+
+
+@pytest.mark.parametrize("name,frozen,trained", [
+    ("debugnet", ["conv.weight", "conv.bias"], ["bn.weight", "bn.bias", "fc.weight", "fc.bias"]),
+    ("simplenet", ["features.0.weight", "features.9.bias", "fc.weight", "fc.bias"], ["head.weight", "head.bias"]),
+])
+def test_probe_freezes_conv_and_dense_but_not_norm_and_head(tmp_path, name, frozen, trained):
+    state = _upstream(name)
+    start = build_transfer_model(state, name, {}, 4, 4, 0, "cpu").state_dict()
+    _, after = _final_state(tmp_path, CFG, state, name)
+    for key in frozen:
+        assert torch.equal(after[key], start[key]), f"{key} moved in phase 1"
+    for key in trained:
+        assert not torch.equal(after[key], start[key]), f"{key} did not train in phase 1"
+    if name == "debugnet":  # BN runs in training mode: its statistics adapt
+        assert not torch.equal(after["bn.running_mean"], start["bn.running_mean"])
+
+
+def test_finetune_trains_everything(tmp_path):
+    state = _upstream("debugnet")
+    start = build_transfer_model(state, "debugnet", {}, 4, 4, 0, "cpu").state_dict()
+    _, after = _final_state(tmp_path, replace(CFG, probe_epochs=0, finetune_epochs=1), state, "debugnet")
+    assert all(not torch.equal(after[k], start[k]) for k in ("conv.weight", "conv.bias", "bn.weight", "fc.weight"))
+
+
+def test_cosine_schedule_values():
+    assert cosine_lr(0, 100, 4e-4) == pytest.approx(4e-4)
+    assert cosine_lr(50, 100, 4e-4) == pytest.approx(2e-4)
+    assert cosine_lr(99, 100, 4e-4) == pytest.approx(0.5 * 4e-4 * (1 + math.cos(math.pi * 0.99)))
+    assert cosine_lr(100, 100, 4e-4) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_log_schedule_and_best_final(tmp_path):
+    cfg = replace(CFG, probe_epochs=2, finetune_epochs=4)
+    res = run_transfer(cfg, _upstream("debugnet"), "debugnet", seed=3, progress=False)
+    assert [(r["phase"], r["epoch"]) for r in res.log] == [("probe", 0), ("probe", 1)] + [
+        ("finetune", e) for e in range(4)]
+    assert [r["lr"] for r in res.log] == pytest.approx([1e-3, 1e-3] + [cosine_lr(e, 4, 4e-4) for e in range(4)])
+    accs = [r["test_acc"] for r in res.log]
+    assert res.final_acc == accs[-1] and res.best_acc == max(accs)
+    best = res.log[accs.index(max(accs))]
+    assert res.best_epoch == {"phase": best["phase"], "epoch": best["epoch"]}
+    assert all(set(r) == {"phase", "epoch", "lr", "train_loss", "test_acc"} for r in res.log)
+    assert res.to_dict()["config"]["dataset"] == "debug" and res.wall_time_s > 0
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    cfg = replace(CFG, probe_epochs=2, finetune_epochs=2, augment=True)
+    state = _upstream("debugnet")
+    reference = run_transfer(cfg, state, "debugnet", seed=1, progress=False)
+    real, calls = tr.train_epoch, {"n": 0}
+
+    def flaky(*args, **kwargs):
+        if calls["n"] == 3:  # two probe epochs and the first fine-tune epoch are done
+            raise Interrupt
+        calls["n"] += 1
+        return real(*args, **kwargs)
+    monkeypatch.setattr(tr, "train_epoch", flaky)
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(Interrupt):
+        run_transfer(cfg, state, "debugnet", seed=1, ckpt_path=ckpt, progress=False)
+    monkeypatch.undo()
+    assert len(torch.load(ckpt, weights_only=False)["log"]) == 3
+    resumed = run_transfer(cfg, state, "debugnet", seed=1, ckpt_path=ckpt, progress=False)
+    assert resumed.log == reference.log
+    with pytest.raises(KnowError, match="another transfer run"):
+        run_transfer(cfg, state, "debugnet", seed=2, ckpt_path=ckpt, progress=False)
+
+
+def test_input_shape_follows_upstream_model():
+    state = _upstream("simplenet", in_chans=3)  # a 3-channel upstream model, gray downstream data
+    res = run_transfer(CFG, state, "simplenet", seed=0, progress=False)
+    assert 0 <= res.final_acc <= 1
+    assert tr.upstream_shape(state, {}) == (3, 32) and tr.infer_num_classes("simplenet", {}, state) == 4
+
+
+def test_wrong_architecture_is_a_clear_error():
+    with pytest.raises(KnowError, match="does not fit"):
+        run_transfer(CFG, _upstream("debugnet"), "debugnet", {"width": 8}, 4, progress=False)
+
+
+def test_cli_from_trajectory(tmp_path, capsys):
+    fcfg = ForgetCfg(model="debugnet", dataset="debug", sessions=2, batch_size=64, max_images=64, device="cpu")
+    traj_path = tmp_path / "traj.safetensors"
+    forget(fcfg, pretrain(fcfg, progress=False), progress=False).save(traj_path)
+    out = tmp_path / "res.json"
+    assert tr.main(["--checkpoint", str(traj_path), "--out", str(out), "--dataset=debug", "--probe-epochs=1",
+                    "--finetune-epochs=1", "--max-images=64", "--device=cpu"]) == 0
+    res = json.loads(out.read_text())
+    assert len(res["log"]) == 2 and res["upstream_model"] == "debugnet"
+    assert "final acc" in capsys.readouterr().out
