@@ -435,3 +435,50 @@ def _build(kind: str, arch: dict, tensors: dict, meta: dict) -> KNOWN:
     model.load_state_dict(state)  # strict: a missing tensor is an error
     model.meta = {**meta, "kind": kind}
     return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# WNN (Jang et al., ICML 2023): the same network, meta-trained on ordinary training trajectories
+
+# Pinned to the commit the reference outputs were made from (shared/reference/wnn_keras/gen_info.json); the files
+# moved from the root to CNN/ (and copies) after the first upload, so a branch URL could go stale.
+WNN_URL_BASE = "https://raw.githubusercontent.com/jjh6297/WNN/ab0f62cd543d0ff1b1bf1e88ce85fe705d0ed3de/CNN"
+WNN_ENV = "KNOW_WNN_WEIGHTS_DIR"
+
+# kind -> the authors' file (Keras 2.2.4, 93,512 bytes each)
+OFFICIAL_WNN: dict[str, OfficialFile] = {
+    "conv": OfficialFile("NWNN_Conv_13.h5", "8abb2449cc4875f79350bedfca2512ccc962b898828acc98a4fb5f57353365e8",
+                         93_512),
+    "fc": OfficialFile("NWNN_FC_13.h5", "19606f21d4512f6467928aa2141c9cc055f9c1078994c30bdf199aa2349311b5",
+                       93_512),
+    "bias": OfficialFile("NWNN_Bias_13.h5", "f1acc885a62ea91c72a1ce1b7a2f4eafbf9afc7f5c98f1adccab65510b466236",
+                         93_512),
+}
+# The three files were saved from one Keras session, so their Dense layers are named dense_{k + offset}, where
+# k is KNOWN's index (dense = 0, dense_1 = 1, ...). Ascending suffixes = Keras's positional load (README).
+WNN_DENSE_OFFSET: dict[str, int] = {"conv": 14, "fc": 27, "bias": 40}
+for _spec in OFFICIAL_WNN.values():  # lets find_weights name a swapped KNOWN / WNN file
+    record_sha256(_spec.filename, _spec.sha256, _spec.size)
+
+
+def wnn_keras_names(kind: str) -> dict[str, str]:
+    """KNOWN submodule -> Dense layer name in the WNN file of `kind` (KNOWN's name shifted by the file's offset)."""
+    off = WNN_DENSE_OFFSET[kind]
+    index = lambda name: int(name.rpartition("_")[2]) if "_" in name else 0  # noqa: E731  "dense" = 0
+    return {sub: f"dense_{index(name) + off}" for sub, name in KNOWN_KERAS_NAMES.items()}
+
+
+def load_wnn(kind: str, weights_dir: str | os.PathLike | None = None) -> KNOWN:
+    """The authors' WNN hyper-model for `kind` in {"conv", "fc", "bias"} as a KNOWN (window 5), in eval mode.
+
+    File lookup: `weights_dir`, then $KNOW_WNN_WEIGHTS_DIR, then ~/.cache/know/wnn (downloaded there from GitHub
+    jjh6297/WNN when missing and online). The sha256 is always checked. The model maps normalised histories to
+    normalised steps: apply it with `know.wnn.WNNPredictor`, not with KNOWN's raw rule.
+    """
+    if kind not in OFFICIAL_WNN:
+        raise UnknownName(f"unknown WNN kind '{kind}'; choices: {', '.join(OFFICIAL_WNN)}")
+    spec = OFFICIAL_WNN[kind]
+    path = find_weights(spec.filename, spec.sha256, WNN_ENV, WNN_URL_BASE, weights_dir, cache=cache_dir("wnn"))
+    model = load_keras_dense(KNOWN(window=5), path, wnn_keras_names(kind))
+    model.meta = {"kind": kind, "source": "wnn", "file": spec.filename, "sha256": spec.sha256}
+    return model.eval().requires_grad_(False)

@@ -505,6 +505,11 @@ class KnownPredictor(Predictor):
 
 
 # ================================================================================================ registry
+def _wnn(**kwargs) -> Predictor:
+    from know.wnn import WNNPredictor  # imported on use: know.wnn builds on this module
+    return WNNPredictor(**kwargs)
+
+
 PREDICTORS: dict[str, Callable[..., Predictor]] = {
     "known": KnownPredictor,
     "naive": Naive,
@@ -513,6 +518,7 @@ PREDICTORS: dict[str, Callable[..., Predictor]] = {
     "logfit_index": functools.partial(LogFit, variant="index"),
     "quadfit": functools.partial(LogFit, variant="quad"),
     "tsv": TSV,
+    "wnn": _wnn,  # the authors' earlier nowcaster (know/wnn.py)
 }
 
 
