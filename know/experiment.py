@@ -40,15 +40,18 @@ FORGET_ONLY = ("rate", "sessions", "epochs_per_session", "restart_from_initial")
 @dataclass(frozen=True)
 class Row:
     """One table row family: `method` from the predictor registry ("naive" = Θ0 itself), the KNOWN weights for
-    KNOWN-like methods ("official" or "ours"), and the recurrence steps to fine-tune (1 = ×2, 2 = ×4, 3 = ×8)."""
+    KNOWN-like methods ("official" or "ours"), the recurrence steps to fine-tune (1 = ×2, 2 = ×4, 3 = ×8), and
+    for our KNOWN the window S it is meta-trained with (it then reads the newest S sessions of the trajectory)."""
 
     method: str
     known: str | None = None
     steps: tuple[int, ...] = (3,)
+    window: int = 5
 
     @property
     def name(self) -> str:
-        return f"{self.method}_{self.known}" if self.known else self.method
+        name = f"{self.method}_{self.known}" if self.known else self.method
+        return name if self.window == 5 else f"{name}_s{self.window}"
 
     def step_list(self) -> tuple[int, ...]:
         return (0,) if self.method == "naive" else self.steps
@@ -148,22 +151,22 @@ def forget_unit(cfg: ExperimentCfg, fraction: float) -> Unit:
                 deps={"pretrain": pretrain_unit(cfg, fraction)}, code=CODE["forget"], label=f"forget f={fraction:g}")
 
 
-def metatrain_unit(cfg: ExperimentCfg) -> Unit:
+def metatrain_unit(cfg: ExperimentCfg, window: int = 5) -> Unit:
     from know.forgetting import num_groups
 
     cc = dataclasses.replace(cfg.collect, data_root=cfg.data_root, device=cfg.device)
     groups = {f"collect{g}": Unit("collect", "know.experiment:run_collect", {"collect": asdict(cc), "group": g},
                                   code=CODE["collect"], label=f"collect group {g}")
               for g in range(num_groups(cc))}
-    mc = dataclasses.replace(cfg.metatrain, device=cfg.device)
+    mc = dataclasses.replace(cfg.metatrain, device=cfg.device, window=window)
     return Unit("metatrain", "know.experiment:run_metatrain", {"metatrain": asdict(mc)}, deps=groups,
-                code=CODE["metatrain"], label="meta-train KNOWN")
+                code=CODE["metatrain"], label=f"meta-train KNOWN (window {window})")
 
 
 def predict_unit(cfg: ExperimentCfg, fraction: float, row: Row) -> Unit:
     deps = {"trajectory": forget_unit(cfg, fraction)}
     if row.known == "ours":
-        deps["known"] = metatrain_unit(cfg)
+        deps["known"] = metatrain_unit(cfg, row.window)
     return Unit("predict", "know.experiment:run_predict",
                 {"method": row.method, "known": row.known, "steps": max(row.steps), "predict": asdict(cfg.predict)},
                 deps=deps, code=CODE["predict"], label=f"predict {row.name} f={fraction:g}")
@@ -236,8 +239,12 @@ def pd_read(csv: Path):
     return pd.read_csv(csv)
 
 
-def table_main(name: str, rows: list[Row], paper_csv: str | None = None, argv: list[str] | None = None) -> int:
-    """Command line of a reproduce script: `python reproduce/<name>.py [--profile ...] [--key=value ...]`."""
+def table_main(name: str, rows: list[Row], paper_csv: str | None = None, fixed: dict | None = None,
+               argv: list[str] | None = None) -> int:
+    """Command line of a reproduce script: `python reproduce/<name>.py [--profile ...] [--key=value ...]`.
+
+    `fixed`: config overrides the table itself declares (e.g. {"fractions": (1.0,)}); the command line still wins.
+    """
     import sys
 
     from know.config import default_profile
@@ -260,7 +267,7 @@ def table_main(name: str, rows: list[Row], paper_csv: str | None = None, argv: l
     p.add_argument("--parallel", type=int, default=None, help="local executor: concurrent jobs (default: cores)")
     args, extra = p.parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
-        overrides = parse_overrides(extra)
+        overrides = {**(fixed or {}), **parse_overrides(extra)}
         if args.trials is not None:
             overrides["trials"] = args.trials
         if args.data_root is not None:

@@ -62,7 +62,7 @@ def plot_transfer_table(csv_path: Path, out: Path, title: str | None = None) -> 
 
 
 # csv stem prefix -> plotting function; the figure goes to figures/<csv stem>.png
-FIGURES = {"table1_": plot_transfer_table}
+FIGURES = {"table1_": plot_transfer_table, "table_ablation_s_": plot_transfer_table}
 
 
 def regenerate(results_dir: Path, figures_dir: Path) -> list[Path]:
@@ -85,3 +85,86 @@ def main(argv: list[str]) -> int:
     if not made:
         print(f"no result CSVs with a figure in {args.results_dir}")
     return 0
+
+
+# ---------------------------------------------------------------- T-G and the upstream figures (issue 6)
+
+def plot_landscape(csv_path: Path, out: Path) -> Path:
+    """Figure 2: upstream accuracy contours on the PCA plane, the trajectory Θ(S-1) .. Θ0 and each method's
+    predictions Θ(-1) .. (drawn from Θ0)."""
+    df, meta = read_results(csv_path)
+    grid, pts = df[df["kind"] == "grid"], df[df["kind"] == "point"]
+    acc = grid.pivot_table(index="b", columns="a", values="acc") * 100
+    fig, ax = plt.subplots(figsize=(6.4, 5))
+    cs = ax.contourf(acc.columns, acc.index, acc.values, levels=12, cmap="viridis")
+    ax.contour(acc.columns, acc.index, acc.values, levels=12, colors="k", linewidths=0.3, alpha=0.5)
+    fig.colorbar(cs, ax=ax, label="upstream test accuracy (%)")
+    traj = pts[pts["method"] == "trajectory"].sort_values("step")
+    theta0 = traj[traj["step"] == 0]
+    ax.plot(traj["a"], traj["b"], "o-", color="white", mec="k", label="trajectory Θ(S-1) .. Θ0")
+    for _, r in traj.iterrows():
+        ax.annotate(r["label"], (r["a"], r["b"]), textcoords="offset points", xytext=(4, 4), fontsize=8, color="w")
+    for method, part in pts[pts["method"] != "trajectory"].groupby("method", sort=False):
+        part = pd.concat([theta0, part.sort_values("step")])
+        ax.plot(part["a"], part["b"], "s--", color=PALETTE.get(method, "r"), mec="k",
+                label=f"{row_label(method, 0)} Θ(-1) .. Θ(-{int(part['step'].max())})")
+    ev = meta.get("explained_variance") or [float("nan")] * 2
+    ax.set_xlabel(f"PC1 ({100 * ev[0]:.1f} % of the points' variance)")
+    ax.set_ylabel(f"PC2 ({100 * ev[1]:.1f} %)")
+    ax.legend(fontsize=7, loc="best")
+    bn = (meta.get("landscape") or {}).get("bn", "?")
+    ax.set_title(f"{Path(csv_path).stem}: BN {bn}, profile {meta.get('profile', '?')}, "
+                 f"commit {meta.get('commit', '?')}", fontsize=9)
+    return save_figure(fig, out)
+
+
+def plot_forgetting(csv_path: Path, out: Path) -> Path:
+    """Upstream accuracy and ‖Θ − Θ0‖ against (virtual) data size: sessions solid, predictions dashed from Θ0."""
+    df, meta = read_results(csv_path)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (fraction, part) in enumerate(df.groupby("fraction", sort=False)):
+        c = colors[i % len(colors)]
+        traj = part[part["method"] == "trajectory"].sort_values("data_size")
+        theta0 = traj[traj["step"] == 0]
+        for ax, col, scale in ((axes[0], "acc", 100), (axes[1], "dist_to_theta0", 1)):
+            ax.plot(traj["data_size"], traj[col] * scale, "o-", color=c, label=f"sessions, {fraction:.0%} data")
+            for j, (method, pred) in enumerate(part[part["method"] != "trajectory"].groupby("method", sort=False)):
+                pred = pd.concat([theta0, pred.sort_values("step")])
+                ax.plot(pred["data_size"], pred[col] * scale, ["s--", "^:", "v-.", "d--"][j % 4], color=c,
+                        mfc="none", label=f"{row_label(method, 0)}, {fraction:.0%} data")
+        if "trained_acc" in traj:
+            axes[0].plot(traj["data_size"], traj["trained_acc"] * 100, "x", color="grey",
+                         label="sessions, own BN statistics" if i == 0 else None)
+    for ax, label in zip(axes, ("upstream test accuracy (%)", "‖Θ − Θ0‖₂")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("(virtual) training images |D|")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    bn = (meta.get("landscape") or {}).get("bn", "?")
+    fig.suptitle(f"{Path(csv_path).stem}: BN {bn}, profile {meta.get('profile', '?')}, "
+                 f"commit {meta.get('commit', '?')}", fontsize=10)
+    return save_figure(fig, out)
+
+
+def plot_cost(csv_path: Path, out: Path) -> Path:
+    """T-G: seconds to KNOW-predict every parameter, per model (all steps and one), the paper's 3.01 s marked."""
+    df, meta = read_results(csv_path)
+    pred = df[df["part"] == "prediction"].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(6.4, 0.6 * len(pred) + 1.6))
+    ys = range(len(pred))
+    ax.barh([y - 0.2 for y in ys], pred["seconds_steps"], height=0.4,
+            label=f"ours, {int(pred['steps'].max()) if len(pred) else '?'} steps")
+    ax.barh([y + 0.2 for y in ys], pred["seconds_per_step"], height=0.4, label="ours, one step")
+    ax.axvline(3.01, color="k", ls="--", lw=1, label="paper: ResNet-18, 3.01 s (hardware unknown)")
+    ax.set_yticks(list(ys), [f"{m} ({p / 1e6:.2f} M)" for m, p in zip(pred["model"], pred["params"])])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds for all parameters")
+    ax.legend(fontsize=7)
+    hw = pred["hardware"].iloc[0] if len(pred) else "?"
+    ax.set_title(f"{Path(csv_path).stem}: {hw}", fontsize=9)
+    return save_figure(fig, out)
+
+
+FIGURES.update({"table_cost_": plot_cost, "figure_landscape_": plot_landscape, "figure_forgetting_": plot_forgetting})

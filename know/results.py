@@ -16,7 +16,8 @@ import pandas as pd
 from know.jobs import atomic_write_text
 
 DISPLAY = {"naive": "Naive", "taskvector": "TaskVector", "logfit": "LogFit", "tsv": "TSV",
-           "known_official": "KNOWN (official)", "known_ours": "KNOWN (ours)", "wnn": "WNN"}
+           "known_official": "KNOWN (official)", "known_ours": "KNOWN (ours)", "wnn": "WNN",
+           **{f"known_ours_s{s}": f"KNOWN (ours, S={s})" for s in (2, 3, 4)}}
 
 
 def row_label(method: str, steps: int, rate: float = 0.5) -> str:

@@ -6,6 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY=.venv/bin/python
+# The authors' KNOWN weights are not in this repository: they are downloaded into ~/.cache/know/official when
+# online. Offline, point KNOW_WEIGHTS_DIR at a copy (a reference checkout beside this repo is used if present).
+if [ -z "${KNOW_WEIGHTS_DIR:-}" ] && [ -f ../shared/reference/known_keras/KNOWN_Conv.h5 ]; then
+  export KNOW_WEIGHTS_DIR=$(cd ../shared/reference/known_keras && pwd)
+fi
+if [ -z "${KNOW_WNN_WEIGHTS_DIR:-}" ] && [ -f ../shared/reference/wnn_keras/NWNN_Conv_13.h5 ]; then
+  export KNOW_WNN_WEIGHTS_DIR=$(cd ../shared/reference/wnn_keras && pwd)
+fi
 if [ "${1:-}" = "--from-cache" ]; then
   exec "$PY" -m know figures
 fi

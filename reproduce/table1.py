@@ -1,7 +1,8 @@
 """T-A, the paper's main table: transfer from KNOW-predicted weights vs Naive and simple weight predictors.
 
 Rows: Naive, TaskVector / LogFit / TSV (x8), KNOWN x2/x4/x8 with the official weights and with a KNOWN meta-trained
-by this project. Columns: 100 / 50 / 25 % of the pre-training data. `--help` lists the options.
+by this project, and WNN x2/x4/x8 (the authors' earlier nowcaster, meta-trained on ordinary training
+trajectories, not on forgetting). Columns: 100 / 50 / 25 % of the pre-training data. `--help` lists the options.
 """
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ ROWS = [
     Row("tsv", steps=(3,)),
     Row("known", known="official", steps=(1, 2, 3)),
     Row("known", known="ours", steps=(1, 2, 3)),
+    Row("wnn", steps=(1, 2, 3)),
 ]
 
 if __name__ == "__main__":
