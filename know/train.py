@@ -201,15 +201,16 @@ class _WideLinear(nn.Module):
         return out.transpose(0, 1)  # (B, K, out)
 
 
-def _widen(module: nn.Module, k: int) -> None:
-    """Replace every Conv2d / Linear below `module` by its K-wide twin (in place)."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.Conv2d) and child.padding_mode == "zeros":
-            setattr(module, name, _WideConv(child, k))
-        elif isinstance(child, nn.Linear):
-            setattr(module, name, _WideLinear(child, k))
-        else:
-            _widen(child, k)
+def _widened(template: nn.Module, k: int) -> nn.Module:
+    """A copy of `template` with every Conv2d / Linear replaced by its K-wide twin."""
+    wide = copy.deepcopy(template)
+    for parent in list(wide.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d) and child.padding_mode == "zeros":
+                setattr(parent, name, _WideConv(child, k))
+            elif isinstance(child, nn.Linear):
+                setattr(parent, name, _WideLinear(child, k))
+    return wide
 
 
 class Stack:
@@ -224,26 +225,41 @@ class Stack:
 
     def __init__(self, template: nn.Module, states: list[dict[str, Tensor]], example: Tensor,
                  backend: str = "auto"):
+        if not stackable(template):
+            raise ValueError(f"{type(template).__name__} has buffers or dropout: it cannot be trained stacked")
         self.template, self.k = template, len(states)
         self.names = [n for n, _ in template.named_parameters()]
         self.device = example.device
         if backend not in ("auto", "wide", "vmap"):
             raise UnknownName(f"unknown stack backend '{backend}'; known: auto, wide, vmap")
-        self.backend = "vmap" if backend == "vmap" else "wide"
-        if self.backend == "wide":
-            self.wide = copy.deepcopy(template)
-            _widen(self.wide, self.k)
-            fast_layout(self.wide)
-            wide = dict(self.wide.named_parameters())
-            self.params = {n: wide[n].data.view(self.k, *template.get_parameter(n).shape) for n in self.names}
+        self.backend, self.wide = "vmap", None
+        if backend != "vmap" and self._try_wide(states, example[:2]):
+            self.backend = "wide"
+        elif backend == "wide":
+            raise ValueError("the wide backend does not reproduce this model; use backend='vmap'")
         else:
             self.params = stack_states(states, self.names, self.device)
+
+    def _try_wide(self, states: list[dict[str, Tensor]], x: Tensor) -> bool:
+        """Build the wide twin and check it against vmap on `x`; False leaves the stack untouched."""
+        wide = fast_layout(_widened(self.template, self.k))
+        named = dict(wide.named_parameters())
+        try:  # a parameter outside Conv2d / Linear does not get a member axis
+            params = {n: named[n].data.view(self.k, *self.template.get_parameter(n).shape) for n in self.names}
+        except RuntimeError:
+            return False
+        self.wide, self.params = wide, params
         self.load(states)
-        if self.backend == "wide" and not self._wide_matches(example[:2]):
-            if backend == "wide":
-                raise ValueError("the wide backend does not reproduce this model; use backend='vmap'")
-            self.backend, self.wide = "vmap", None
-            self.params = stack_states(states, self.names, self.device)
+        try:
+            with torch.no_grad():
+                got = self._wide_logits(x)  # (K, B, classes)
+        except RuntimeError:
+            got = None
+        want = self._vmap_logits(x)
+        if got is not None and got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+            return True
+        self.wide = None
+        return False
 
     @torch.no_grad()
     def load(self, states: list[dict[str, Tensor]]) -> None:
@@ -255,22 +271,17 @@ class Stack:
         """Member m's parameters as a CPU state_dict."""
         return {n: _contiguous_cpu(p[m]) for n, p in self.params.items()}
 
+    def _wide_logits(self, x: Tensor) -> Tensor:
+        return self.wide(x.repeat(1, self.k, 1, 1)).reshape(x.shape[0], self.k, -1).transpose(0, 1)
+
     @torch.no_grad()
-    def _wide_matches(self, x: Tensor) -> bool:
-        try:
-            got = self.logits(x)  # (K, B, classes)
-        except RuntimeError:
-            return False
+    def _vmap_logits(self, x: Tensor) -> Tensor:
         fwd = torch.vmap(lambda p, x: torch.func.functional_call(self.template, p, (x,)), in_dims=(0, None))
-        want = fwd(self.params, x)
-        return got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+        return fwd(self.params, x)
 
     def logits(self, x: Tensor) -> Tensor:
         """(B, C, H, W) shared input -> (K, B, classes)."""
-        if self.backend == "wide":
-            return self.wide(x.repeat(1, self.k, 1, 1)).reshape(x.shape[0], self.k, -1).transpose(0, 1)
-        fwd = torch.vmap(lambda p, x: torch.func.functional_call(self.template, p, (x,)), in_dims=(0, None))
-        return fwd(self.params, x)
+        return self._wide_logits(x) if self.backend == "wide" else self._vmap_logits(x)
 
     def loss_and_grads(self, xs: Tensor, ys: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-member inputs (K, B, C, H, W) and labels (K, B) -> mean loss (K,) and gradients {name: (K, ...)};

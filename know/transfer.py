@@ -270,7 +270,8 @@ def main(argv: list[str]) -> int:
             kwargs.setdefault(key, meta[meta_key])
     res = run_transfer(cfg, state, model, kwargs, args.upstream_classes, args.seed, args.ckpt)
     if args.out:
-        Path(args.out).write_text(json.dumps(res.to_dict(), indent=1))
+        from know.jobs import atomic_write_text
+        atomic_write_text(Path(args.out), json.dumps(res.to_dict(), indent=1))
     print(f"transfer {model} -> {cfg.dataset}: final acc {res.final_acc:.4f}, best {res.best_acc:.4f} "
           f"({res.best_epoch['phase']} epoch {res.best_epoch['epoch']}), {res.wall_time_s:.1f} s")
     return 0

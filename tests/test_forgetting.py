@@ -101,7 +101,7 @@ def test_resume_refuses_other_config(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- stacked training
-STACK = ForgetCfg(model="simplenet", dataset="debug", sessions=3, batch_size=16, lr=1e-4, device="cpu", max_images=64)
+STACK = ForgetCfg(model="simplenet", dataset="debug", sessions=3, batch_size=16, lr=1e-4, device="cpu", max_images=48)
 
 
 @pytest.mark.parametrize("backend,restart", [("wide", False), ("vmap", False), ("wide", True)])

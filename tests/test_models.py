@@ -69,3 +69,8 @@ def test_replace_head(name):
     replace_head(m, 7)
     assert get_head(m)[1].out_features == 7
     assert m.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+
+
+def test_img_size_reaches_size_dependent_models():
+    m = create_model("simplenet", num_classes=10, in_chans=1, img_size=64)
+    assert m(torch.randn(2, 1, 64, 64)).shape == (2, 10)

@@ -16,5 +16,5 @@ class DebugNet(nn.Module):
 
 
 @register("debugnet")
-def debugnet(num_classes: int = 4, in_chans: int = 1, **kwargs) -> DebugNet:
-    return DebugNet(num_classes, in_chans, **kwargs)
+def debugnet(num_classes: int = 4, in_chans: int = 1, img_size: int = 32, **kwargs) -> DebugNet:
+    return DebugNet(num_classes, in_chans, **kwargs)  # global pooling: any img_size

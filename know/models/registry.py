@@ -11,7 +11,8 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register(name: str):
-    """Decorator: register a builder `fn(num_classes, in_chans, **kwargs) -> nn.Module` under `name`."""
+    """Decorator: register a builder `fn(num_classes, in_chans, img_size, **kwargs) -> nn.Module` under `name`
+    (builders of size-agnostic networks ignore img_size)."""
     def deco(fn):
         _MODELS[name] = fn
         return fn
@@ -31,7 +32,7 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 3, img_size: 
         return _create_timm(name[5:], num_classes, in_chans, img_size, **kwargs)
     if name not in _MODELS:
         raise UnknownName(f"unknown model '{name}'; known: {', '.join(list_models())}")
-    return _MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return _MODELS[name](num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
 
 
 def _create_timm(name: str, num_classes: int, in_chans: int, img_size: int, **kwargs) -> nn.Module:

@@ -68,5 +68,5 @@ class ResNet18Know(nn.Module):
 
 
 @register("resnet18_know")
-def resnet18_know(num_classes: int = 100, in_chans: int = 3, width: float = 1.0, **kwargs) -> ResNet18Know:
-    return ResNet18Know(num_classes, in_chans, width)
+def resnet18_know(num_classes: int = 100, in_chans: int = 3, width: float = 1.0, img_size: int = 32) -> ResNet18Know:
+    return ResNet18Know(num_classes, in_chans, width)  # global pooling: any img_size
