@@ -62,9 +62,10 @@ class Row:
 def run_pretrain(cfg: dict, out: Path, deps: dict) -> dict:
     from know.forgetting import ForgetCfg, pretrain
 
+    t0 = time.perf_counter()
     state = pretrain(ForgetCfg(**cfg["forget"]), ckpt_dir=out / "ckpt", progress=False)
     atomic_save(state, out / "theta0.pt")
-    return {}
+    return {"train_s": time.perf_counter() - t0}  # includes loading D0 (seconds, small next to training)
 
 
 def run_forget(cfg: dict, out: Path, deps: dict) -> dict:
@@ -73,7 +74,7 @@ def run_forget(cfg: dict, out: Path, deps: dict) -> dict:
     theta0 = torch.load(deps["pretrain"] / "theta0.pt", map_location="cpu")
     traj = forget(ForgetCfg(**cfg["forget"]), theta0, ckpt_dir=out / "ckpt", progress=False)
     traj.save(out / "trajectory.safetensors")
-    return {k: traj.meta[k] for k in ("session_sizes", "test_acc", "dist_to_theta0")}
+    return {k: traj.meta[k] for k in ("session_sizes", "test_acc", "dist_to_theta0", "train_s")}
 
 
 def run_collect(cfg: dict, out: Path, deps: dict) -> dict:

@@ -138,7 +138,8 @@ def _meta(cfg: ForgetCfg, train: ImageSet, sizes: list[int], records: list[dict]
         "restart_from_initial": cfg.restart_from_initial, "augment": cfg.augment,
         "data_fraction": cfg.data_fraction, "max_images": cfg.max_images,
         "test_acc": [r["test_acc"] for r in records], "dist_to_theta0": [r["dist_to_theta0"] for r in records],
-        "train_loss": [r["train_loss"] for r in records], "config": asdict(cfg),
+        "train_loss": [r["train_loss"] for r in records], "train_s": [r.get("train_s") for r in records],
+        "config": asdict(cfg),
     }
 
 
@@ -204,22 +205,24 @@ def _session(cfg: ForgetCfg, k: int, model: nn.Module, start: dict, train: Image
         return finished["state"], finished["record"]
     model.load_state_dict(start)
     opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
-    first, loss = 0, float("nan")
+    first, loss, before = 0, float("nan"), 0.0
     ckpt = _load_ckpt(partial, fp) if partial else None
     if ckpt and ckpt["session"] == k:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
-        first, loss = ckpt["epoch"], ckpt["loss"]
+        first, loss, before = ckpt["epoch"], ckpt["loss"], ckpt.get("train_s", 0.0)
     aug = Augment() if cfg.augment else None
+    t0 = time.perf_counter()  # training time only (the forgetting overhead of T-G), not data loading or evaluation
     for e in range(first, cfg.epochs_per_session):
         desc = f"session {k}/{cfg.sessions - 1} epoch {e + 1}/{cfg.epochs_per_session}" if progress else None
         loss = train_epoch(model, train, idx, opt, cfg.batch_size, generator(cfg.seed, "session", k, "epoch", e),
                            aug, desc)
         if partial and e + 1 < cfg.epochs_per_session:
             atomic_save({"fingerprint": fp, "session": k, "epoch": e + 1, "loss": loss, "model": cpu_state(model),
-                         "opt": opt.state_dict()}, partial)
+                         "opt": opt.state_dict(), "train_s": before + time.perf_counter() - t0}, partial)
     state = cpu_state(model)
-    rec = {"test_acc": evaluate(model, test, cfg.eval_batch_size), "train_loss": loss}
+    rec = {"test_acc": evaluate(model, test, cfg.eval_batch_size), "train_loss": loss,
+           "train_s": before + time.perf_counter() - t0}
     if done:
         atomic_save({"fingerprint": fp, "state": state, "record": rec}, done)
     return state, rec

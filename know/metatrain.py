@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import glob
 import hashlib
+import io
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from typing import get_type_hints
 import torch
 
 from know.errors import KnowError, TrajectoryError, UnknownName
+from know.jobs import atomic_write_text
 from know.known import KNOWN, load_known, save_known
 
 # trajectory parameter kind -> KNOWN model, the simplest routing (tests, custom runs); by default meta-training
@@ -313,17 +315,17 @@ def _norm(v):
 
 
 def _write_csv(path: Path, rows: list[dict], keep_until: int | None = None) -> None:
-    """Append rows; with keep_until, first drop rows of epochs after it (a resumed run redoes them)."""
+    """Append rows; with keep_until, first drop rows of epochs after it (a resumed run redoes them). The whole file
+    is rewritten atomically, so a killed run never leaves a half-written row."""
     old = []
-    if keep_until is not None and path.is_file():
+    if path.is_file():
         with open(path, newline="") as f:
-            old = [r for r in csv.DictReader(f) if int(r["epoch"]) <= keep_until]
-    mode = "w" if keep_until is not None or not path.is_file() else "a"
-    with open(path, mode, newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        if mode == "w":
-            w.writeheader()
-        w.writerows(old + rows)
+            old = [r for r in csv.DictReader(f) if keep_until is None or int(r["epoch"]) <= keep_until]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    w.writerows(old + rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -365,13 +367,13 @@ def meta_train(trajectories: Iterable, cfg: MetaTrainCfg, out_dir: str | os.Path
     train = {k: v.to(device) for k, v in train.items()}
     val = {k: v.to(device) for k, v in val.items()}
     state = resume(out / "checkpoint.pt", cfg, data_key, device)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))  # after resume() accepted it
+    atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))  # after resume() accepted it
     refs = {k: reference_maes(val[k]) for k in cfg.kinds}
     data = _data_meta(train_src, val_src, train, val)
     _write_csv(out / "metrics.csv", [], keep_until=state.epoch)
     _run_epochs(state, cfg, train, val, refs, out, data, data_key)
     summary = {k: state.best.get(k, {}) for k in cfg.kinds}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return {k: load_known(out / f"known_{k}.safetensors") for k in cfg.kinds}
 
 

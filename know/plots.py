@@ -22,11 +22,16 @@ def save_figure(fig, path: Path) -> Path:
     """Atomic PNG write (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
-    fig.savefig(tmp, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -158,7 +163,7 @@ def plot_cost(csv_path: Path, out: Path) -> Path:
             label=f"ours, {int(pred['steps'].max()) if len(pred) else '?'} steps")
     ax.barh([y + 0.2 for y in ys], pred["seconds_per_step"], height=0.4, label="ours, one step")
     ax.axvline(3.01, color="k", ls="--", lw=1, label="paper: ResNet-18, 3.01 s (hardware unknown)")
-    ax.set_yticks(list(ys), [f"{m} ({p / 1e6:.2f} M)" for m, p in zip(pred["model"], pred["params"])])
+    ax.set_yticks(list(ys), [f"{m} ({p / 1e6:.3g} M)" for m, p in zip(pred["model"], pred["params"])])
     ax.invert_yaxis()
     ax.set_xlabel("seconds for all parameters")
     ax.legend(fontsize=7)

@@ -209,7 +209,10 @@ class Trajectory:
             if list(p.shape[1:]) != shapes.get(n) or p.shape[0] != int(md["num_sessions"]):
                 raise TrajectoryError(f"{path}: parameter '{n}' has shape {tuple(p.shape)}, metadata says "
                                       f"({md['num_sessions']}, {', '.join(map(str, shapes.get(n, [])))})")
-        return cls(params=params, kinds=kinds, buffers=buffers, meta=meta)
+        try:
+            return cls(params=params, kinds=kinds, buffers=buffers, meta=meta)
+        except TrajectoryError as e:  # NaN/Inf, ragged sessions: name the file and the fix
+            raise TrajectoryError(f"{path}: {e}; re-create the trajectory (know forget)") from None
 
 
 # ----------------------------------------------------------------------------------------------- helpers

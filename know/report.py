@@ -1,0 +1,278 @@
+"""results/REPORT.md: every cached result beside the paper's numbers, a pure function of the CSVs (no compute).
+
+For each result CSV `<table>_<profile>.csv` in the results folder (with its `.meta.json`): the paper's numbers
+(paper/<table>.csv, '?' where unknown) and ours side by side, the profile, commit, command and wall times each of
+ours came from, and its figure; then what the paper leaves unknown and what this project chose instead.
+The output depends only on the files read (no clock), so regenerating it from the same cache gives the same file.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from know.jobs import atomic_write_text
+
+REPO = Path(__file__).resolve().parent.parent
+PROFILE_ORDER = ("paper", "cpu", "smoke")
+# csv stem without "_<profile>" -> (paper's label, title, paper CSV in paper/, renderer name)
+TABLES = {
+    "table1": ("T-A", "main table (paper: ResNet-18, CIFAR-100 -> CIFAR-10), downstream test accuracy %",
+               "table1.csv", "transfer"),
+    "table_ablation_s": ("T-F", "ablation on the trajectory length S, 100 % of the pre-training data, accuracy %",
+                         "table_ablation_s.csv", "transfer"),
+    "table_cost": ("T-G", "cost of KNOW prediction and of the forgetting trajectory", "table_cost.csv", "cost"),
+    "figure_landscape": ("figure 2", "loss landscape: the trajectory and the predictions on a PCA plane", None,
+                         "landscape"),
+    "figure_forgetting": ("-", "forgetting curve: upstream accuracy and ‖Θ − Θ0‖ against data size", None,
+                          "forgetting"),
+}
+# paper.md §7 and §4-6: what the paper does not say, and what this project does instead (config field).
+UNKNOWN = [
+    ("epochs per forgetting session and of pre-training", "`forget.epochs_per_session`, `forget.pretrain_epochs`: "
+     "1 each as the official sample (paper profile); each section's setup line gives its own"),
+    ("KNOWN meta-training hyper-parameters and number of trajectories", "`metatrain.*`, `collect.*` (our own KNOWN "
+     "rows only; the official rows use the released weights)"),
+    ("baseline numbers (LogFit, TaskVector, TSV) and their exact definitions", "documented interpretations in "
+     "`know/baselines.py`; the paper's cells are '?'"),
+    ("downstream recipes outside ResNet-18", "not reproduced (T-B .. T-E)"),
+    ("the PVTv2 variant and resolution", "pvt_v2_b2 at 32x32 in T-G (`cost.img_size`)"),
+    ("BN/LN handling in prediction", "Θ0's normalisation parameters and statistics are kept (`predict.norm=keep`)"),
+    ("best vs last epoch downstream", "last epoch (`final_acc`); the best is in the CSVs as `best_acc`"),
+    ("hardware and timing method of T-G; whether 3.01 s is one recurrence or three", "both reported, on the "
+     "hardware named in the table"),
+    ("figure 2's plane, grid and BN statistics", "PCA of all drawn points, lattice from the profile, BN re-estimated "
+     "per point (`landscape.*`)"),
+]
+
+
+# ---------------------------------------------------------------- finding results
+
+def find_results(results_dir: Path) -> list[tuple[str, str, Path]]:
+    """(table, profile, csv) of every known result CSV, in TABLES order, then paper > cpu > smoke."""
+    found = []
+    for csv in Path(results_dir).glob("*.csv"):
+        for name in TABLES:
+            profile = csv.stem.removeprefix(f"{name}_")
+            if profile != csv.stem and profile in PROFILE_ORDER:
+                found.append((name, profile, csv))
+    return sorted(found, key=lambda t: (list(TABLES).index(t[0]), PROFILE_ORDER.index(t[1])))
+
+
+def read_paper_csv(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path, comment="#", dtype=str) if path and Path(path).is_file() else None
+
+
+# ---------------------------------------------------------------- formatting
+
+def md_table(head: list[str], rows: list[list]) -> str:
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(head), "|" + "---|" * len(head)] + [line(r) for r in rows]) + "\n"
+
+
+def text_table(head: list[str], rows: list[list]) -> str:
+    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+    return "".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() + "\n" for r in [head] + rows)
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v == "?"
+
+
+def num(v, fmt: str = "{:.2f}") -> str:
+    """A number, or '?' when missing."""
+    if _missing(v):
+        return "?"
+    try:
+        return fmt.format(float(v))
+    except ValueError:
+        return str(v)
+
+
+def duration(seconds) -> str:
+    if _missing(seconds):
+        return "?"
+    s = int(round(float(seconds)))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 60 else f"{float(seconds):.1f} s"
+
+
+# ---------------------------------------------------------------- one table each
+
+def render_transfer(df: pd.DataFrame, meta: dict, paper: pd.DataFrame | None) -> str:
+    """Rows method × steps; per fraction the mean ± std of ours (n trials) and the paper's cell."""
+    from know.results import _paper_cell, row_label, summarize
+
+    summary, rate = summarize(df), float(meta.get("rate", 0.5))
+    fractions = sorted(summary["fraction"].unique(), reverse=True)
+    head = ["row"] + [c for f in fractions for c in (f"{f:.0%} ours", f"{f:.0%} paper")]
+    rows = []
+    for (method, steps), grp in summary.groupby(["method", "steps"], sort=False):
+        cells = [row_label(method, int(steps), rate)]
+        for f in fractions:
+            r = grp[grp["fraction"] == f]
+            ours = "-" if not len(r) else f"{num(r['mean'].iloc[0])}±{num(r['std'].iloc[0])} (n={r['count'].iloc[0]})"
+            cells += [ours, _paper_cell(paper, method, steps, f)]
+        rows.append(cells)
+    return md_table(head, rows)
+
+
+def _paper_cost(paper: pd.DataFrame | None, model: str) -> dict:
+    if paper is None or model not in set(paper["model"]):
+        return {}
+    return paper[paper["model"] == model].iloc[0].to_dict()
+
+
+def render_cost(df: pd.DataFrame, paper: pd.DataFrame | None, markdown: bool = True) -> str:
+    """T-G: prediction seconds per model (ours: all steps, one step, per parameter) beside the paper's; then the
+    forgetting overhead (formula, image-epoch share, measured)."""
+    fmt = md_table if markdown else text_table
+    pred, over = df[df["part"] == "prediction"], df[df["part"] == "overhead"]
+    head = ["model", "params", "hardware", "ours: s (steps)", "ours: s / step", "ours: s/param (steps)",
+            "ours: s/param / step", "paper: s", "paper: s/param"]
+    rows = []
+    for _, r in pred.iterrows():
+        p = _paper_cost(paper, r["model"])
+        seconds = "?" if _missing(p.get("seconds")) else p["seconds"] + ("" if _missing(p.get("seconds_std"))
+                                                                          else f"±{p['seconds_std']}")
+        rows.append([r["model"], f"{int(r['params']):,}", f"{r['hardware']} ({_backend(r)})",
+                     f"{num(r['seconds_steps'], '{:.3g}')} ({int(r['steps'])})", num(r["seconds_per_step"], "{:.3g}"),
+                     num(r["s_per_param_steps"], "{:.3g}"), num(r["s_per_param_step"], "{:.3g}"), seconds,
+                     p.get("s_per_param", "?")])
+    out = fmt(head, rows)
+    head = ["model", "r", "S", "epochs (pre / per session)", "|D_k|", "paper's formula (1-r^(S-1))/(1-r)",
+            "image-epoch share", "measured (forget s / pre-train s)", "seconds from"]
+    rows = [[r["model"], num(r["rate"], "{:g}"), int(r["sessions"]),
+             f"{int(r['pretrain_epochs'])} / {int(r['epochs_per_session'])}", r["session_sizes"],
+             num(r["formula"], "{:.3f}"), num(r["data_ratio"], "{:.3f}"),
+             f"{num(r['measured_ratio'], '{:.3f}')} ({num(r['forget_s'], '{:.1f}')} / "
+             f"{num(r['pretrain_s'], '{:.1f}')})",
+             r["seconds_from"]] for _, r in over.iterrows()]
+    return out + "\n" + fmt(head, rows) if rows else out
+
+
+def _backend(r) -> str:
+    if r["device"] == "cpu":
+        load = f", load {num(r['load_avg'], '{:.1f}')}" if "load_avg" in r else ""
+        return f"{r['backend']} kernel, {num(r['threads'], '{:.0f}')} threads{load}"
+    return r["backend"]
+
+
+def render_points(df: pd.DataFrame, meta: dict) -> str:
+    """The landscape's points: plane coordinates, distance off the plane, accuracy."""
+    pts = df[df["kind"] == "point"]
+    grid = df[df["kind"] == "grid"]
+    ev = meta.get("explained_variance") or [float("nan")] * 2
+    lc = meta.get("landscape") or {}
+    text = (f"PC1 / PC2 explain {num(100 * ev[0], '{:.1f}')} % / {num(100 * ev[1], '{:.1f}')} % of the points' "
+            f"variance ({meta.get('params', '?')} parameters); {lc.get('grid', '?')}² lattice, BN "
+            f"{lc.get('bn', '?')}; best lattice accuracy {num(100 * grid['acc'].max())} %.\n\n")
+    rows = [[r["method"], r["label"], num(r["a"], "{:.3g}"), num(r["b"], "{:.3g}"), num(r["off_plane"], "{:.3g}"),
+             num(100 * r["acc"]), num(100 * r["trained_acc"]) if not _missing(r["trained_acc"]) else "-"]
+            for _, r in pts.iterrows()]
+    return text + md_table(["method", "point", "PC1", "PC2", "off plane", "acc %", "trained acc %"], rows)
+
+
+def render_forgetting(df: pd.DataFrame, meta: dict) -> str:
+    rows = [[f"{r['fraction']:.0%}", r["method"], r["label"], num(r["data_size"], "{:.0f}"), num(100 * r["acc"]),
+             num(100 * r["trained_acc"]) if not _missing(r["trained_acc"]) else "-",
+             num(r["dist_to_theta0"], "{:.3g}")] for _, r in df.iterrows()]
+    return md_table(["data", "method", "weights", "|D|", "acc %", "trained acc %", "‖Θ − Θ0‖"], rows)
+
+
+# ---------------------------------------------------------------- the report
+
+def provenance_line(df: pd.DataFrame, meta: dict) -> str:
+    compute = df["unit_wall_s"].sum() if "unit_wall_s" in df else meta.get("unit_wall_s")
+    return (f"profile **{meta.get('profile', '?')}**, commit `{meta.get('commit', '?')}`, created "
+            f"{meta.get('created', '?')}, executor {meta.get('executor', '?')}; wall time "
+            f"{duration(meta.get('wall_s'))} (of the run that wrote it; units found in the cache took none), compute {duration(compute)} (the "
+            f"units' own wall times, summed); command `{meta.get('command', '?')}`")
+
+
+def setup_line(meta: dict) -> str:
+    """The settings behind the numbers, from the resolved config in the meta (the profile decides them)."""
+    cfg = meta.get("config") or {}
+    fc, tc = cfg.get("forget") or {}, cfg.get("transfer") or {}
+    if not fc:
+        return ""
+    up = (f"upstream {fc.get('model')}{' ' + str(fc['model_kwargs']) if fc.get('model_kwargs') else ''} on "
+          f"{fc.get('dataset')} "
+          f"(|D0| cap {fc.get('max_images') or 'none'}, {fc.get('pretrain_epochs')} pre-training epoch(s), "
+          f"S = {fc.get('sessions')}, r = {fc.get('rate')}, {fc.get('epochs_per_session')} epoch(s) per session)")
+    down = (f"; downstream {tc.get('dataset')} ({tc.get('probe_epochs')} + {tc.get('finetune_epochs')} epochs, "
+            f"{cfg.get('trials')} trials)") if meta.get("table") in ("table1", "table_ablation_s") else ""
+    return f"Setup: {up}{down}.\n"
+
+
+def render_section(name: str, profile: str, csv: Path, figures_dir: Path, paper_dir: Path, out_dir: Path) -> str:
+    from know.results import read_results
+
+    label, title, paper_csv, kind = TABLES[name]
+    df, meta = read_results(csv)
+    paper = read_paper_csv(Path(paper_dir) / paper_csv) if paper_csv else None
+    parts = [f"## {label}: {title} ({profile})\n", f"`{csv.name}`: {provenance_line(df, meta)}.\n",
+             setup_line(meta)]
+    if kind == "transfer":
+        parts.append("Final downstream test accuracy %, mean ± std over trials; paper's cell beside ours "
+                     "('?' = the paper's value is unknown, '-' = not run).\n\n" + render_transfer(df, meta, paper))
+    elif kind == "cost":
+        parts.append(render_cost(df, paper) + f"\nOfficial Keras KNOWN: {meta.get('official_keras', '?')}.\n")
+    elif kind == "landscape":
+        parts.append(render_points(df, meta))
+    else:
+        parts.append(render_forgetting(df, meta))
+    fig = Path(figures_dir) / f"{csv.stem}.png"
+    if fig.is_file():
+        parts.append(f"![{csv.stem}]({os.path.relpath(fig, out_dir)})\n")
+    return "\n".join(parts)
+
+
+def render_unknowns(paper_dir: Path) -> str:
+    counts = []
+    for name, (label, _, paper_csv, _) in TABLES.items():
+        paper = read_paper_csv(Path(paper_dir) / paper_csv) if paper_csv else None
+        if paper is not None:
+            cells = paper.drop(columns=[c for c in ("method", "steps", "fraction", "model") if c in paper])
+            counts.append(f"{label}: {int((cells == '?').sum().sum())} of {cells.size} cells '?'")
+    rows = [[what, ours] for what, ours in UNKNOWN]
+    return ("## What the paper leaves unknown\n\n" + "; ".join(counts) + " (paper.md §5).\n\n"
+            + md_table(["unknown", "this project's choice"], rows))
+
+
+def render_report(results_dir: Path, figures_dir: Path, paper_dir: Path, out_dir: Path) -> str:
+    found = find_results(results_dir)
+    head = ["# Reproduction report", "",
+            "Generated by `reproduce/report.py` from the cached result CSVs only; every number of ours names the "
+            "profile it came from (smoke = plumbing test on synthetic data, cpu = the small offline analog on "
+            "Fashion-MNIST -> MNIST, paper = the paper's protocol). Paper numbers: `paper/*.csv` (paper.md §5).", ""]
+    if not found:
+        head.append(f"No result CSVs in `{results_dir}` yet: run `bash reproduce/all.sh`.\n")
+    index = [[TABLES[n][0], n, p, f"`{c.name}`"] for n, p, c in found]
+    body = [md_table(["paper", "table", "profile", "file"], index)] if index else []
+    body += [render_section(n, p, c, figures_dir, paper_dir, out_dir) for n, p, c in found]
+    return "\n".join(head + body + [render_unknowns(paper_dir)])
+
+
+def write_report(results_dir: Path, figures_dir: Path, paper_dir: Path, out: Path) -> Path:
+    out = Path(out)
+    atomic_write_text(out, render_report(Path(results_dir), Path(figures_dir), Path(paper_dir), out.parent))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="reproduce/report.py", description=__doc__.splitlines()[0])
+    p.add_argument("--results-dir", default=str(REPO / "results"))
+    p.add_argument("--figures-dir", default=None, help="default: figures/ beside --results-dir")
+    p.add_argument("--paper-dir", default=str(REPO / "paper"))
+    p.add_argument("--out", default=None, help="default: REPORT.md in --results-dir")
+    args = p.parse_args(argv)
+    results = Path(args.results_dir)
+    figures = Path(args.figures_dir) if args.figures_dir else results.parent / "figures"
+    out = write_report(results, figures, Path(args.paper_dir), Path(args.out) if args.out else results / "REPORT.md")
+    print(f"wrote {out}")
+    return 0
