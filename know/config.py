@@ -59,6 +59,16 @@ def _transfer_cfg():
     return TransferCfg()
 
 
+def _cost_cfg():
+    from know.cost import CostCfg
+    return CostCfg()
+
+
+def _landscape_cfg():
+    from know.landscape import LandscapeCfg
+    return LandscapeCfg()
+
+
 @dataclass
 class ExperimentCfg:
     """One table's pipeline: pre-train -> forget -> (collect -> meta-train) -> predict -> transfer, per data fraction."""
@@ -75,6 +85,8 @@ class ExperimentCfg:
     predict: PredictCfg = field(default_factory=PredictCfg)
     transfer: Any = field(default_factory=_transfer_cfg)
     slurm: SlurmCfg = field(default_factory=SlurmCfg)
+    cost: Any = field(default_factory=_cost_cfg)  # T-G timing (reproduce/table_cost.py)
+    landscape: Any = field(default_factory=_landscape_cfg)  # figures (reproduce/figure_landscape.py, ...)
 
 
 # ---------------------------------------------------------------- profiles: the only place they are defined
@@ -92,6 +104,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "collect.max_images": 128,
         "metatrain.epochs": 2, "metatrain.max_samples_per_kind": 4096, "metatrain.window": 5,
         "slurm.gpus_per_node": 0, "slurm.cpus_per_task": 1, "slurm.mem_gb": 2, "slurm.timeout_min": 10,
+        "cost.models": ("debugnet", "simplenet"), "cost.num_classes": 4, "cost.in_chans": 1, "cost.img_size": 16,
+        "cost.repeats": 1,
+        "landscape.grid": 5, "landscape.bn_images": 64, "landscape.eval_images": 64,
     },
     # The offline analog on 2 CPU cores: Fashion-MNIST upstream -> MNIST-10k downstream, a narrow ResNet-18
     # (width 1/16: 4-8-16-32 channels). Sizes are ours, chosen so the whole table fits ~30 minutes on 2 cores:
@@ -109,6 +124,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "collect.datasets": ["fashion_mnist", "mnist10k", "digits"], "collect.max_images": 4000,
         "metatrain.epochs": 10, "metatrain.window": 5,
         "slurm.gpus_per_node": 0, "slurm.cpus_per_task": 2, "slurm.mem_gb": 8, "slurm.timeout_min": 60,
+        "landscape.grid": 15, "landscape.bn_images": 1024,
     },
     # The paper's settings (paper.md §4): CIFAR-100 -> CIFAR-10, full ResNet-18, r = 0.5, S = 5, 5 trials, 10 + 100.
     "paper": {

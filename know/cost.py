@@ -51,11 +51,6 @@ class CostCfg:
     fraction: float = 1.0  # whose trajectory the overhead is measured on (T-A's 100 % column)
 
 
-# Per-profile overrides, in know.config.PROFILES' dotted form.
-PROFILES = {
-    "smoke": {"cost.models": ("debugnet", "simplenet"), "cost.num_classes": 4, "cost.in_chans": 1,
-              "cost.img_size": 16, "cost.repeats": 1},
-}
 
 
 # ---------------------------------------------------------------- measuring
@@ -182,8 +177,9 @@ def cost_units(c: CostCfg) -> list[Unit]:
                  code=CODE, label=f"time prediction {m}") for m in c.models]
 
 
-def cost_table(cfg, c: CostCfg, runner, results_dir: Path, figures_dir: Path) -> list[Path]:
+def cost_table(cfg, runner, results_dir: Path, figures_dir: Path) -> list[Path]:
     """Run (or reuse) the timing units and Table 1's pre-train/forget units; write the CSV, figure; print."""
+    c: CostCfg = cfg.cost
     from know.experiment import forget_unit, pretrain_unit
     from know.drivers import REPO, provenance
     from know.plots import plot_cost

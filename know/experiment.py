@@ -11,7 +11,6 @@ Naive rows fine-tune Θ0 itself. Trial t of every row uses the same downstream s
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from dataclasses import asdict, dataclass
@@ -19,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-from know.config import ExperimentCfg, make_config, parse_overrides
-from know.jobs import Runner, Unit, atomic_save, command_line, git_commit, load_result
+from know.config import ExperimentCfg
+from know.jobs import Runner, Unit, atomic_save, git_commit
 
-REPO = Path(__file__).resolve().parent.parent
 # Which source enters each stage's cache key (a change there recomputes that stage and everything after it).
 DATA_CODE = ("know.data", "know.models", "know.train")
 CODE = {
@@ -203,11 +201,12 @@ def transfer_units(cfg: ExperimentCfg, rows: list[Row]) -> list[tuple[dict, Unit
 # ---------------------------------------------------------------- running a table
 
 def run_table(name: str, rows: list[Row], cfg: ExperimentCfg, runner: Runner, results_dir: Path,
-              figures_dir: Path, paper_csv: Path | None = None) -> Path:
+              figures_dir: Path, paper_csv: Path | None = None) -> list[Path]:
     """Run (or reuse) every unit of the table, then write `<results_dir>/<name>_<profile>.csv`, its provenance,
-    the figure, and print ours beside the paper's numbers."""
+    the figure, and print ours beside the paper's numbers. Returns the files written."""
+    from know.drivers import provenance
     from know.plots import plot_transfer_table
-    from know.results import read_paper, side_by_side, summarize, write_results
+    from know.results import read_paper, read_results, side_by_side, summarize, write_results
 
     t0 = time.time()
     grid = transfer_units(cfg, rows)
@@ -219,97 +218,24 @@ def run_table(name: str, rows: list[Row], cfg: ExperimentCfg, runner: Runner, re
         records.append({**ident, "final_acc": r["value"]["final_acc"], "best_acc": r["value"]["best_acc"],
                         "unit_wall_s": r.get("wall_s"), "profile": cfg.profile, "commit": commit})
     csv = Path(results_dir) / f"{name}_{cfg.profile}.csv"
-    provenance = {"table": name, "profile": cfg.profile, "command": command_line(), "commit": commit,
-                  "executor": runner.executor, "seeds": sorted({r["seed"] for r in records}),
-                  "wall_s": round(time.time() - t0, 1), "rate": cfg.forget.rate,
-                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": asdict(cfg),
-                  "rows": [dataclasses.asdict(r) for r in rows]}
-    write_results(records, csv, provenance)
+    write_results(records, csv, provenance(name, cfg, runner, t0, seeds=sorted({r["seed"] for r in records}),
+                                           rows=[asdict(r) for r in rows]))
     fig = plot_transfer_table(csv, Path(figures_dir) / f"{name}_{cfg.profile}.png")
     paper = read_paper(paper_csv) if paper_csv and Path(paper_csv).exists() else None
     print(f"\n{name} ({cfg.profile}): final test accuracy %, mean ± std over {cfg.trials} trials; paper's in the "
           f"right half of each cell ('?' = unknown)\n")
-    print(side_by_side(summarize(pd_read(csv)), paper, cfg.forget.rate))
-    print(f"wrote {csv}, {csv.with_suffix('.meta.json')} and {fig}")
-    return csv
-
-
-def pd_read(csv: Path):
-    import pandas as pd
-
-    return pd.read_csv(csv)
+    print(side_by_side(summarize(read_results(csv)[0]), paper, cfg.forget.rate))
+    return [csv, csv.with_suffix(".meta.json"), fig]
 
 
 def table_main(name: str, rows: list[Row], paper_csv: str | None = None, fixed: dict | None = None,
                argv: list[str] | None = None) -> int:
-    """Command line of a reproduce script: `python reproduce/<name>.py [--profile ...] [--key=value ...]`.
+    """Command line of a transfer-table script (`know.drivers.script_main`): `python reproduce/<name>.py --help`.
 
     `fixed`: config overrides the table itself declares (e.g. {"fractions": (1.0,)}); the command line still wins.
     """
-    import sys
+    from know.drivers import REPO, script_main
 
-    from know.config import default_profile
-    from know.errors import KnowError
-    from know.jobs import resolve_executor
-
-    p = argparse.ArgumentParser(
-        prog=f"reproduce/{name}.py", description=f"Reproduce {name}: every unit is a cached submitit job.",
-        epilog="Any config field can be overridden as --section.field=value, e.g. --forget.lr=3e-4 "
-               "--transfer.finetune_epochs=20 (see know/config.py for the profiles).")
-    p.add_argument("--profile", choices=["smoke", "cpu", "paper"], default=None,
-                   help="default: paper where a GPU or Slurm is present, else cpu")
-    p.add_argument("--executor", default="auto", choices=["auto", "slurm", "local", "debug"],
-                   help="auto: slurm when sbatch is on PATH, else local processes; debug: in-process")
-    p.add_argument("--results-dir", default=str(REPO / "results"))
-    p.add_argument("--figures-dir", default=None, help="default: figures/ beside --results-dir")
-    p.add_argument("--cache-dir", default=None, help="unit cache (default: $KNOW_CACHE or runs/cache in the repo)")
-    p.add_argument("--data-root", default=None, help="datasets (default: $KNOW_DATA or ~/.cache/know/data)")
-    p.add_argument("--trials", type=int, default=None, help="downstream trials per row (default: the profile's)")
-    p.add_argument("--parallel", type=int, default=None, help="local executor: concurrent jobs (default: cores)")
-    args, extra = p.parse_known_args(sys.argv[1:] if argv is None else argv)
-    try:
-        overrides = {**(fixed or {}), **parse_overrides(extra)}
-        if args.trials is not None:
-            overrides["trials"] = args.trials
-        if args.data_root is not None:
-            overrides["data_root"] = args.data_root
-        cfg = make_config(args.profile or default_profile(), overrides)
-        executor = resolve_executor(args.executor)
-        print(f"[{name}] profile={cfg.profile} executor={executor} trials={cfg.trials} "
-              f"fractions={list(cfg.fractions)}", flush=True)
-        results_dir = Path(args.results_dir)
-        _check_writable(results_dir)
-        figures_dir = Path(args.figures_dir) if args.figures_dir else results_dir.parent / "figures"
-        cache = Path(args.cache_dir or _default_cache())
-        import os
-        runner = Runner(cache, executor=executor, parallel=args.parallel or (os.cpu_count() or 1),
-                        slurm=cfg.slurm)
-        run_table(name, rows, cfg, runner, results_dir, figures_dir, REPO / paper_csv if paper_csv else None)
-    except KnowError as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _default_cache() -> str:
-    import os
-
-    return os.environ.get("KNOW_CACHE", str(REPO / "runs" / "cache"))
-
-
-def _check_writable(folder: Path) -> None:
-    import os
-    import tempfile
-
-    from know.errors import KnowError
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise KnowError(f"results directory {folder} is not writable ({e.strerror}); pass --results-dir DIR") from None
-
-
-__all__ = ["Row", "run_table", "table_main", "transfer_units", "load_result"]
+    paper = REPO / paper_csv if paper_csv else None
+    return script_main(name, lambda cfg, runner, results_dir, figures_dir: run_table(
+        name, rows, cfg, runner, results_dir, figures_dir, paper), fixed=fixed, argv=argv)

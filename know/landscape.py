@@ -49,11 +49,6 @@ class LandscapeCfg:
     fraction: float = 1.0  # the landscape is drawn on this data fraction's trajectory
 
 
-# Per-profile overrides, in know.config.PROFILES' dotted form.
-PROFILES = {
-    "smoke": {"landscape.grid": 5, "landscape.bn_images": 64, "landscape.eval_images": 64},
-    "cpu": {"landscape.grid": 15, "landscape.bn_images": 1024},
-}
 EVAL_FIELDS = ("methods", "bn", "bn_images", "eval_images")  # what the forgetting-curve units depend on
 
 
@@ -258,8 +253,9 @@ def upstream_unit(cfg, lc: LandscapeCfg, fraction: float) -> Unit:
                 deps=deps, code=CODE, label=f"upstream accuracy f={fraction:g}")
 
 
-def figure_landscape(cfg, lc: LandscapeCfg, runner, results_dir: Path, figures_dir: Path) -> list[Path]:
+def figure_landscape(cfg, runner, results_dir: Path, figures_dir: Path) -> list[Path]:
     """Run (or reuse) the landscape unit; write `figure_landscape_<profile>.csv` (+ meta) and its figure."""
+    lc: LandscapeCfg = cfg.landscape
     from know.drivers import provenance
     from know.plots import plot_landscape
     from know.results import write_results
@@ -276,8 +272,9 @@ def figure_landscape(cfg, lc: LandscapeCfg, runner, results_dir: Path, figures_d
     return [csv, plot_landscape(csv, Path(figures_dir) / f"{csv.stem}.png")]
 
 
-def figure_forgetting(cfg, lc: LandscapeCfg, runner, results_dir: Path, figures_dir: Path) -> list[Path]:
+def figure_forgetting(cfg, runner, results_dir: Path, figures_dir: Path) -> list[Path]:
     """Run (or reuse) one upstream unit per data fraction; write `figure_forgetting_<profile>.csv` and its figure."""
+    lc: LandscapeCfg = cfg.landscape
     from know.drivers import provenance
     from know.plots import plot_forgetting
     from know.results import write_results

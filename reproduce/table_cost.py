@@ -8,8 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from know.cost import PROFILES, CostCfg, cost_table  # noqa: E402
+from know.cost import cost_table  # noqa: E402
 from know.drivers import script_main  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(script_main("table_cost", cost_table, section=("cost", CostCfg, PROFILES)))
+    raise SystemExit(script_main("table_cost", cost_table))

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import require
 from know import cost
-from know.cost import PROFILES, CostCfg, cost_table, cost_units, data_ratio, overhead_formula
+from know.cost import CostCfg, cost_table, cost_units, data_ratio, overhead_formula
 from know.drivers import script_main
 from know.report import read_paper_csv, render_cost
 
@@ -42,7 +42,7 @@ def test_timing_units_are_keyed_by_hardware(monkeypatch):
 def test_table_cost_smoke(tmp_path, capsys):
     argv = ["--profile", "smoke", "--executor", "debug", "--results-dir", str(tmp_path / "results"),
             "--cache-dir", str(tmp_path / "cache")]
-    assert script_main("table_cost", cost_table, ("cost", CostCfg, PROFILES), argv) == 0
+    assert script_main("table_cost", cost_table, argv=argv) == 0
     out = capsys.readouterr().out
     df = pd.read_csv(tmp_path / "results" / "table_cost_smoke.csv")
     pred, over = df[df["part"] == "prediction"], df[df["part"] == "overhead"].iloc[0]
@@ -58,7 +58,7 @@ def test_table_cost_smoke(tmp_path, capsys):
     assert (tmp_path / "figures" / "table_cost_smoke.png").is_file()
     assert "1.875" in out and "simplenet" in out
     # a rerun reuses every unit (timings included: same hardware)
-    assert script_main("table_cost", cost_table, ("cost", CostCfg, PROFILES), argv) == 0
+    assert script_main("table_cost", cost_table, argv=argv) == 0
     assert set(re.findall(r"(\d+) to run", capsys.readouterr().out)) == {"0"}
 
 
