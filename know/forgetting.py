@@ -90,9 +90,9 @@ def load_data(cfg: ForgetCfg) -> tuple[ImageSet, ImageSet]:
 
 
 def top_size(cfg: ForgetCfg, n_train: int) -> int:
-    """|D0|: data_fraction of the train split, capped by max_images."""
-    n = max(1, int(round(n_train * cfg.data_fraction)))
-    return min(n, cfg.max_images) if cfg.max_images else n
+    """|D0|: data_fraction of the (max_images-capped) train split, so fractions keep their ratios under a cap."""
+    n = min(n_train, cfg.max_images) if cfg.max_images else n_train
+    return max(1, int(round(n * cfg.data_fraction)))
 
 
 def session_subsets(cfg: ForgetCfg, n_train: int) -> list[Tensor]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every reproduce script at one profile (default: paper where a GPU or Slurm is present, else cpu).
 #   bash reproduce/all.sh [--profile smoke|cpu|paper] [--executor auto|slurm|local|debug] [other flags]
-#   bash reproduce/all.sh --from-cache      # only regenerate figures from cached CSVs; computes nothing
+#   bash reproduce/all.sh --from-cache      # only redraw figures and results/REPORT.md from cached CSVs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -15,7 +15,8 @@ if [ -z "${KNOW_WNN_WEIGHTS_DIR:-}" ] && [ -f ../shared/reference/wnn_keras/NWNN
   export KNOW_WNN_WEIGHTS_DIR=$(cd ../shared/reference/wnn_keras && pwd)
 fi
 if [ "${1:-}" = "--from-cache" ]; then
-  exec "$PY" -m know figures
+  "$PY" -m know figures
+  exec "$PY" reproduce/report.py
 fi
 scripts=$(ls reproduce/table*.py reproduce/figure*.py 2>/dev/null || true)
 [ -n "$scripts" ] || { echo "no reproduce scripts yet"; exit 0; }

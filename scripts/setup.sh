@@ -8,6 +8,8 @@ PY=$VENV/bin/python
 DATA=${KNOW_DATA:-$HOME/.cache/know/data}
 
 log() { echo "[setup] $*"; }
+# pip here is configured with local wheel stores that not every machine has: drop its "Location ... ignored" noise.
+pip_install() { "$PY" -m pip install -q "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
 
 if [ ! -x "$PY" ]; then
   log "creating virtual environment in $VENV"
@@ -20,12 +22,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python packages (first run: a few minutes)"
   if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
     # The pinned pair is what this project is tested with (see environment.yml).
-    "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" \
-      || "$PY" -m pip install -q torch torchvision
+    pip_install "torch==2.14.1" "torchvision==0.29.1" || pip_install torch torchvision
   fi
-  "$PY" -m pip install -q -e ".[test]"
+  pip_install -e ".[test]"
   # foolbox ships 20 real CIFAR-10/100 images; only its data files are used (no deps needed).
-  "$PY" -m pip install -q --no-deps "foolbox==3.3.4"
+  pip_install --no-deps "foolbox==3.3.4"
   echo "$want" > "$stamp"
 fi
 

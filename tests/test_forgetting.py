@@ -216,3 +216,11 @@ def test_override_types():
 def test_seed_from_is_stable():
     assert seed_from(0, "init") == seed_from(0, "init") != seed_from(1, "init")
     assert 0 <= seed_from("x", 3, 0.5) < 2 ** 31
+
+
+def test_data_fraction_applies_under_a_max_images_cap():
+    capped = replace(TINY, max_images=64)
+    full = fg.session_subsets(capped, 256)
+    half = fg.session_subsets(replace(capped, data_fraction=0.5), 256)
+    assert len(full[0]) == 64 and len(half[0]) == 32
+    assert torch.equal(half[0], full[1])  # the 50 % run's D0 is the 100 % run's D1
