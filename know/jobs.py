@@ -20,8 +20,9 @@ Faults (each has a test on a real Slurm cluster, tests/test_faults.py):
   driver's children and stop within a second of its death (a watchdog thread), then resume on the rerun.
 - Never twice at once: a job holds an exclusive lock on `<unit>/.lock` while it runs the unit and, once it has the
   lock, returns the finished result if another job completed the unit meanwhile.
-- Never half-written: outputs go through temp file + rename (`atomic_write_text`, `atomic_save`) and `done` holds
-  the sha256 of `result.json`; a missing, truncated or mismatched record makes the unit run again.
+- Never half-written: outputs go through temp file + rename (`atomic_write_text`, `atomic_save`); `result.json`
+  lists every output file with its size and `done` holds the sha256 of `result.json`. A missing, truncated or
+  mismatched record, or an output whose size changed, makes the unit run again.
 """
 from __future__ import annotations
 
@@ -183,7 +184,11 @@ def execute(stage: str, fn: str, cfg: dict, out_dir: str, dep_dirs: dict[str, st
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # waits while another job runs this unit (released when it dies)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # waits while another job runs this unit (released when it dies)
+        except OSError as e:  # a file system without locks (some NFS mounts): run unguarded
+            print(f"[jobs] warning: cannot lock {out / '.lock'} ({e.strerror}); running without the guard against "
+                  f"a second job on this unit", file=sys.stderr)
         finished = load_result(out)
         if finished is not None:  # another job completed it meanwhile (e.g. one submitted before a driver crash)
             return finished
@@ -246,11 +251,13 @@ DRIVER_ENV = "KNOW_DRIVER"  # "<pid>:<start time>" of the driver that owns local
 
 
 def _proc_start(pid: int) -> str | None:
-    """A process's start time (clock ticks since boot), None if it is gone: a pid plus this never repeats."""
+    """A process's start time (clock ticks since boot), None if it is gone or a zombie: a pid plus this never
+    repeats."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _watch_driver() -> None:

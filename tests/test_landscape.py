@@ -80,7 +80,8 @@ def test_figures_smoke(tmp_path, capsys):
     traj = fg[(fg["method"] == "trajectory") & (fg["fraction"] == 1.0)].sort_values("step")
     assert list(traj["data_size"]) == [8, 16, 32, 64, 128] and traj["dist_to_theta0"].iloc[-1] == 0  # Θ4 .. Θ0
     pred = fg[fg["method"] == "known_official"]
-    assert set(pred["data_size"]) == {256, 512, 1024}
+    assert set(pred[pred["fraction"] == 1.0]["data_size"]) == {256, 512, 1024}
+    assert set(pred[pred["fraction"] == 0.5]["data_size"]) == {128, 256, 512}  # half the data: D0 = 64
     assert (tmp_path / "figures" / "figure_forgetting_smoke.png").is_file()
     from know.plots import regenerate
 
