@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from know.data import Augment, ImageSet, get_dataset, subset_sizes
 from know.errors import KnowError
-from know.train import (Stack, StackedAdam, atomic_save, cpu_state, evaluate, evaluate_stacked, fast_layout,
+from know.train import (Stack, StackedAdam, atomic_save, cpu_state, read_checkpoint, evaluate, evaluate_stacked, fast_layout,
                         generator, make_optimizer, override, parse_overrides, resolve_device, seed_from, seeded_model,
                         stackable, train_epoch, train_epoch_stacked, weight_distance)
 from know.trajectory import Trajectory
@@ -120,9 +120,9 @@ def _checksum(state: dict[str, Tensor]) -> str:
 
 
 def _load_ckpt(path: Path, fp: int) -> dict | None:
-    if not path.is_file():
+    ckpt = read_checkpoint(path)
+    if ckpt is None:
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if ckpt.get("fingerprint") != fp:
         raise KnowError(f"{path} belongs to a run with a different config or Θ0; use a fresh --ckpt-dir")
     return ckpt

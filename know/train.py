@@ -432,6 +432,19 @@ def _convert(raw: str, tp):
     raise TypeError(f"cannot parse type {tp}")
 
 
+def read_checkpoint(path: str | Path | None) -> dict | None:
+    """A resumable checkpoint, or None when there is none or it cannot be read (damaged from outside: writes are
+    atomic): the caller then starts that part again instead of failing or trusting it."""
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises several types for a truncated or foreign file
+        import warnings
+        warnings.warn(f"ignoring unreadable checkpoint {path} ({type(e).__name__}); recomputing from the start")
+        return None
+
+
 def atomic_save(obj, path: str | os.PathLike) -> Path:
     """torch.save to a temporary file in the same folder, then rename: readers never see a partial file."""
     path = Path(path)

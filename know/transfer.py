@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from know.data import Augment, ImageSet, get_dataset
 from know.errors import KnowError
 from know.models import get_head, replace_head
-from know.train import (atomic_save, cpu_state, evaluate, fast_layout, generator, make_optimizer, override,
+from know.train import (atomic_save, cpu_state, evaluate, fast_layout, read_checkpoint, generator, make_optimizer, override,
                         parse_overrides, resolve_device, seed_from, seeded_model, set_lr, train_epoch)
 from know.trajectory import param_kinds
 
@@ -212,9 +212,9 @@ def _epoch(cfg, model, opt, train, test, idx, phase, epoch, seed, aug, progress)
 
 
 def _load_ckpt(path, fp: int) -> dict | None:
-    if not path or not Path(path).is_file():
+    ckpt = read_checkpoint(path)
+    if ckpt is None:
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if ckpt.get("fingerprint") != fp:
         raise KnowError(f"{path} belongs to another transfer run (config, weights or seed differ); remove it")
     return ckpt

@@ -119,3 +119,15 @@ def test_cli_from_trajectory(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert len(res["log"]) == 2 and res["upstream_model"] == "debugnet"
     assert "final acc" in capsys.readouterr().out
+
+
+def test_damaged_checkpoint_is_ignored_not_trusted(tmp_path):
+    from know.train import read_checkpoint
+
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"fingerprint": 1, "log": []}, ckpt)
+    assert read_checkpoint(ckpt)["fingerprint"] == 1
+    ckpt.write_bytes(ckpt.read_bytes()[:20])  # truncated from outside
+    with pytest.warns(UserWarning, match="unreadable checkpoint"):
+        assert read_checkpoint(ckpt) is None
+    assert read_checkpoint(tmp_path / "missing.pt") is None
