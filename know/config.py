@@ -163,72 +163,98 @@ def make_config(profile: str | None = None, overrides: dict[str, Any] | list[str
     return cfg
 
 
-def parse_overrides(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.lstrip("-").partition("=")
-        if not sep:
-            raise KnowError(f"override '{item}' is not key=value (e.g. --forget.lr=3e-4)")
-        out[key] = value
+class ConfigError(KnowError):
+    """A --key=value override that cannot be read as its field's type."""
+
+
+def parse_overrides(argv: list[str]) -> dict[str, str]:
+    """['--lr=0.1', '--batch-size', '64', 'forget.seed=3'] -> {'lr': '0.1', 'batch_size': '64', 'forget.seed': '3'}
+    (the dashes may be left out when the value is attached with '=')."""
+    out, i = {}, 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") and "=" not in arg:
+            raise ConfigError(f"expected --key=value, got '{arg}'")
+        key, eq, value = arg.removeprefix("--").partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"option --{key} needs a value (--{key}=VALUE)")
+            value, i = argv[i + 1], i + 1
+        out[key.replace("-", "_")] = value
+        i += 1
     return out
 
 
+def override(cfg, values: dict[str, str]):
+    """A copy of dataclass `cfg` with string `values` converted to each field's declared type; unknown keys fail
+    with the list of known ones."""
+    names = [f.name for f in dataclasses.fields(cfg)]
+    for key in values:
+        if key not in names:
+            raise UnknownName(f"unknown option --{key}; known: {', '.join('--' + n for n in names)}")
+    return dataclasses.replace(cfg, **{k: convert(cfg, k, v) for k, v in values.items()})
+
+
+def convert(cfg, key: str, raw: str, label: str | None = None):
+    """`raw` (command-line text) read as the declared type of field `key` of dataclass `cfg`."""
+    tp = typing.get_type_hints(type(cfg))[key]
+    try:
+        return _convert(raw, tp)
+    except (ValueError, TypeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--{label or key}={raw}: expected {_type_name(tp)} ({e})") from None
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(raw: str, tp):
+    if tp is Any:  # untyped field: JSON when it looks like it, else the text
+        return json.loads(raw) if raw[:1] in "[{" else raw
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if raw.lower() in ("none", "null", "") and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(raw, inner[0])
+    if tp is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("not a boolean")
+    if tp in (int, float, str):
+        return tp(raw)
+    if tp is dict or origin is dict:
+        value = json.loads(raw)
+        if not isinstance(value, dict):
+            raise TypeError("not a JSON object")
+        return value
+    if origin in (list, tuple) or tp in (list, tuple):
+        items = json.loads(raw) if raw.startswith("[") else [s for s in raw.split(",") if s]
+        elem = args[0] if args else str
+        items = [elem(i) if elem in (int, float, str) else i for i in items]
+        return tuple(items) if (origin or tp) is tuple else items
+    raise TypeError(f"cannot parse type {tp}")
+
+
 def apply_overrides(cfg, overrides: dict[str, Any]) -> None:
+    """In place: dotted keys into nested dataclasses (`{"forget.lr": "3e-4"}`); strings are converted to the
+    field's type, other values are set as given; an unknown key fails with the keys of its section."""
     for dotted, value in overrides.items():
         *path, name = dotted.split(".")
         target = cfg
         for part in path:
-            target = _field_value(target, part, dotted)
-        _field_value(target, name, dotted)  # validates the name
-        setattr(target, name, _coerce(value, _field_type(target, name), dotted))
+            target = _field(target, part, dotted)
+        _field(target, name, dotted)
+        setattr(target, name, convert(target, name, value, dotted) if isinstance(value, str) else value)
 
 
-def _field_value(obj, name: str, dotted: str):
+def _field(obj, name: str, dotted: str):
     names = [f.name for f in dataclasses.fields(obj)]
     if name not in names:
         raise UnknownName(f"unknown config key '{dotted}'; keys of {type(obj).__name__}: {', '.join(names)}")
     return getattr(obj, name)
-
-
-def _field_type(obj, name: str):
-    hints = typing.get_type_hints(type(obj))
-    return hints.get(name, Any)
-
-
-def _coerce(value: Any, tp, dotted: str):
-    """Strings from the command line become the field's type; non-strings are checked loosely."""
-    if not isinstance(value, str):
-        return value
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    try:
-        if value in ("None", "none", "null") and (tp is Any or type(None) in args):
-            return None
-        if args and type(None) in args:  # Optional[X]
-            tp = next(a for a in args if a is not type(None))
-            origin, args = typing.get_origin(tp), typing.get_args(tp)
-        if tp is bool:
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1")
-        if tp in (int, float, str):
-            return tp(value)
-        if origin in (tuple, list, dict) or tp in (tuple, list, dict) or tp is Any:
-            parsed = json.loads(value) if value[:1] in "[{" else _scalar(value)
-            if origin is tuple or tp is tuple:
-                parsed = tuple(parsed if isinstance(parsed, list) else [parsed])
-            return parsed
-        return value
-    except (ValueError, json.JSONDecodeError):
-        raise KnowError(f"config key '{dotted}': cannot read '{value}' as {tp}") from None
-
-
-def _scalar(value: str):
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
 
 
 def to_dict(cfg) -> dict:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,17 +24,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 def default_cache() -> Path:
     return Path(os.environ.get("KNOW_CACHE", str(REPO / "runs" / "cache")))
-
-
-def check_writable(folder: Path) -> None:
-    """Fail early, before any compute, when results could not be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise KnowError(f"results directory {folder} is not writable ({e.strerror}); pass --results-dir DIR") from None
 
 
 def provenance(name: str, cfg: ExperimentCfg, runner, t0: float, **extra) -> dict:
@@ -67,7 +55,7 @@ def build_parser(name: str) -> argparse.ArgumentParser:
 
 def script_main(name: str, run: Callable, fixed: dict | None = None, argv: list[str] | None = None) -> int:
     """Parse the command line, build the config and the runner, call `run`; KnowError -> one line, exit 1."""
-    from know.jobs import Runner, resolve_executor
+    from know.jobs import Runner, require_writable, resolve_executor
 
     args, extra = build_parser(name).parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -80,7 +68,7 @@ def script_main(name: str, run: Callable, fixed: dict | None = None, argv: list[
         print(f"[{name}] profile={cfg.profile} executor={executor} trials={cfg.trials} "
               f"fractions={list(cfg.fractions)}", flush=True)
         results_dir = Path(args.results_dir)
-        check_writable(results_dir)
+        require_writable(results_dir, "results directory", "pass --results-dir DIR")
         figures_dir = Path(args.figures_dir) if args.figures_dir else results_dir.parent / "figures"
         runner = Runner(Path(args.cache_dir) if args.cache_dir else default_cache(), executor=executor,
                         parallel=args.parallel or (os.cpu_count() or 1), slurm=cfg.slurm)

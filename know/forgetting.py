@@ -39,11 +39,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from know.config import override, parse_overrides
 from know.data import Augment, ImageSet, get_dataset, subset_sizes
 from know.errors import KnowError
-from know.train import (Stack, StackedAdam, atomic_save, cpu_state, read_checkpoint, evaluate, evaluate_stacked, fast_layout,
-                        generator, make_optimizer, override, parse_overrides, resolve_device, seed_from, seeded_model,
-                        stackable, train_epoch, train_epoch_stacked, weight_distance)
+from know.train import (atomic_save, cpu_state, evaluate, evaluate_stacked, fast_layout, generator, make_optimizer,
+                        read_checkpoint, resolve_device, seed_from, seeded_model, Stack, stackable, StackedAdam,
+                        train_epoch, train_epoch_stacked, weight_distance)
 from know.trajectory import Trajectory
 
 # Fields that do not change what a run computes (excluded from resume fingerprints).

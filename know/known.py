@@ -392,17 +392,9 @@ def save_known(models: KNOWN | Mapping[str, KNOWN], path: str | os.PathLike, met
                for k, m in group.items() for n, p in m.state_dict().items()}
     header = {"format": FORMAT, "single": "1" if single else "0",
               "arch": json.dumps({k: m.arch for k, m in group.items()}), "meta": json.dumps(meta, default=str)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from know.jobs import atomic_write
+
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 def load_known(path: str | os.PathLike) -> KNOWN | dict[str, KNOWN]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import glob
 import hashlib
 import io
@@ -25,16 +24,15 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import get_type_hints
 
 import torch
 
-from know.errors import KnowError, TrajectoryError, UnknownName
-from know.jobs import atomic_write_text
+from know.errors import KnowError, TrajectoryError
+from know.config import override, parse_overrides
+from know.jobs import atomic_save, atomic_write_text
 from know.known import KNOWN, load_known, save_known
 
 # trajectory parameter kind -> KNOWN model, the simplest routing (tests, custom runs); by default meta-training
@@ -272,14 +270,7 @@ def save_checkpoint(state: RunState, cfg: MetaTrainCfg, data_key: str, path: Pat
     blob = {"epoch": state.epoch, "cfg": asdict(cfg), "data_key": data_key, "best": state.best,
             "models": {k: m.state_dict() for k, m in state.models.items()},
             "opts": {k: o.state_dict() for k, o in state.opts.items()}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_save(blob, path)
 
 
 def resume(path: Path, cfg: MetaTrainCfg, data_key: str, device: torch.device) -> RunState:
@@ -449,31 +440,7 @@ def _code_version() -> str:
 
 def apply_overrides(cfg, args: list[str]):
     """Return a copy of dataclass `cfg` with `--key=value` overrides, type-checked; unknown keys fail."""
-    hints = get_type_hints(type(cfg))
-    names = [f.name for f in fields(cfg)]
-    changes = {}
-    for arg in args:
-        key, eq, value = arg.removeprefix("--").partition("=")
-        key = key.replace("-", "_")
-        if not arg.startswith("--") or key not in names:
-            raise UnknownName(f"unknown option '{arg}'; known: {', '.join('--' + n + '=' for n in names)}")
-        if not eq:
-            raise KnowError(f"write '--{key}=VALUE' (got '{arg}')")
-        changes[key] = _parse(key, value, hints[key])
-    return dataclasses.replace(cfg, **changes)
-
-
-def _parse(key: str, value: str, typ):
-    try:
-        if typ is bool:
-            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("1", "true", "yes")
-        if typ in (int, float, str):
-            return typ(value)
-        return tuple(v for v in value.split(",") if v)  # tuple[str, ...]
-    except ValueError:
-        raise KnowError(f"--{key}={value}: expected {getattr(typ, '__name__', typ)}") from None
+    return override(cfg, parse_overrides(args))
 
 
 def expand_sources(patterns: list[str]) -> list[str]:

@@ -606,9 +606,9 @@ def save_checkpoint(state: Mapping[str, Tensor], path: Path, meta: Mapping) -> P
     """One predicted state_dict as safetensors (metadata: JSON under "know"), written atomically."""
     from safetensors.torch import save_file
 
-    from know.trajectory import _atomic_write
+    from know.jobs import atomic_write
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"know": json.dumps(dict(meta), default=str)}))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"know": json.dumps(dict(meta), default=str)}))
     return path
 
 

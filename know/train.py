@@ -12,12 +12,8 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import json
-import os
-import tempfile
-import typing
 from functools import partial
 from pathlib import Path
 from typing import Iterable
@@ -28,15 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from know.data import Augment, ImageSet, batches
-from know.errors import KnowError, UnknownName
+from know.jobs import atomic_save  # noqa: F401  (re-exported for forgetting/transfer)
+from know.errors import UnknownName
 
 # Keras' Adam epsilon (the paper's code is Keras); PyTorch's default is 1e-8.
 KERAS_ADAM_EPS = 1e-7
 ADAM_BETAS = (0.9, 0.999)  # Keras and PyTorch defaults
 
-
-class ConfigError(KnowError):
-    """A bad --key=value override."""
 
 
 # ---------------------------------------------------------------------------------------------- seeds and devices
@@ -367,71 +361,6 @@ def evaluate_stacked(stack: Stack, data: ImageSet, batch_size: int = 1024) -> li
 
 
 # ---------------------------------------------------------------------------------------------- configs and files
-def parse_overrides(argv: list[str]) -> dict[str, str]:
-    """['--lr=0.1', '--batch-size', '64'] -> {'lr': '0.1', 'batch_size': '64'}."""
-    out, i = {}, 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"expected --key=value, got '{arg}'")
-        key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv):
-                raise ConfigError(f"option --{key} needs a value (--{key}=VALUE)")
-            value, i = argv[i + 1], i + 1
-        out[key.replace("-", "_")] = value
-        i += 1
-    return out
-
-
-def override(cfg, values: dict[str, str]):
-    """A copy of dataclass `cfg` with string `values` converted to each field's declared type; unknown keys fail
-    with the list of known ones."""
-    hints = typing.get_type_hints(type(cfg))
-    names = [f.name for f in dataclasses.fields(cfg)]
-    changes = {}
-    for key, raw in values.items():
-        if key not in names:
-            raise UnknownName(f"unknown option --{key}; known: {', '.join('--' + n for n in names)}")
-        try:
-            changes[key] = _convert(raw, hints[key])
-        except (ValueError, TypeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"--{key}={raw}: expected {_type_name(hints[key])} ({e})") from None
-    return dataclasses.replace(cfg, **changes)
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(raw: str, tp):
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if raw.lower() in ("none", "null", "") and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(raw, inner[0])
-    if tp is bool:
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("not a boolean")
-    if tp in (int, float, str):
-        return tp(raw)
-    if tp is dict or origin is dict:
-        value = json.loads(raw)
-        if not isinstance(value, dict):
-            raise TypeError("not a JSON object")
-        return value
-    if origin in (list, tuple) or tp in (list, tuple):
-        items = json.loads(raw) if raw.startswith("[") else [s for s in raw.split(",") if s]
-        elem = args[0] if args else str
-        items = [elem(i) if elem in (int, float, str) else i for i in items]
-        return tuple(items) if (origin or tp) is tuple else items
-    raise TypeError(f"cannot parse type {tp}")
-
-
 def read_checkpoint(path: str | Path | None) -> dict | None:
     """A resumable checkpoint, or None when there is none or it cannot be read (damaged from outside: writes are
     atomic): the caller then starts that part again instead of failing or trusting it."""
@@ -445,17 +374,3 @@ def read_checkpoint(path: str | Path | None) -> dict | None:
         return None
 
 
-def atomic_save(obj, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file in the same folder, then rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from know.errors import TrajectoryError
+from know.jobs import atomic_write
 
 FORMAT = "know.trajectory"
 FORMAT_VERSION = "1"
@@ -186,7 +186,7 @@ class Trajectory:
               "shapes": json.dumps({n: list(p.shape[1:]) for n, p in self.params.items()}),
               "meta": json.dumps(self.meta, default=str)}
         path = Path(path)
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=md))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=md))
         return path
 
     @classmethod
@@ -257,20 +257,6 @@ def _check_finite(t: Tensor, name: str, where: str | None = None) -> None:
         bad = (~torch.isfinite(t)).reshape(t.shape[0], -1).any(1).nonzero().flatten().tolist()
         where = ", ".join(f"Θ{t.shape[0] - 1 - i} (index {i})" for i in bad[:3])
     raise TrajectoryError(f"parameter '{name}' has NaN/Inf values in session {where}")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) then rename onto path, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -410,7 +396,7 @@ def save_official_mat(traj: Trajectory, path: str | os.PathLike, matlab_order: b
         _write_mat_header(tmp)
 
     path = Path(path)
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 

@@ -28,11 +28,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from know.config import override, parse_overrides
 from know.data import Augment, ImageSet, get_dataset
 from know.errors import KnowError
 from know.models import get_head, replace_head
-from know.train import (atomic_save, cpu_state, evaluate, fast_layout, read_checkpoint, generator, make_optimizer, override,
-                        parse_overrides, resolve_device, seed_from, seeded_model, set_lr, train_epoch)
+from know.train import (atomic_save, cpu_state, evaluate, fast_layout, generator, make_optimizer, read_checkpoint,
+                        resolve_device, seed_from, seeded_model, set_lr, train_epoch)
 from know.trajectory import param_kinds
 
 PHASES = ("probe", "finetune")

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 import know.forgetting as fg
 from know.errors import UnknownName
 from know.forgetting import CollectCfg, ForgetCfg, collect, forget, forget_stacked, pretrain, pretrain_and_forget
-from know.train import ConfigError, Stack, cpu_state, override, seed_from
+from know.config import ConfigError, override
+from know.train import Stack, cpu_state, seed_from
 from know.trajectory import Trajectory
 
 TINY = ForgetCfg(model="debugnet", dataset="debug", sessions=4, rate=0.5, batch_size=16, lr=1e-2, device="cpu",

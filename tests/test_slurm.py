@@ -60,8 +60,12 @@ def test_wave_is_one_job_array_with_the_configured_resources(tmp_path, slurm):
     assert "_" not in job_record(last.dir(tmp_path))["job_id"]  # a wave of one: a plain job
     job = base.pop()
     # accounting lags the controller by a few seconds
-    rows = wait_until(lambda: [r for r in sacct(job, "JobID,State,Partition,Timelimit,ReqMem,AllocCPUS")
-                               if r[1] == "COMPLETED" and r[3]], 30, "accounting of the array")
+    def completed():  # all three tasks, not the first one accounting happens to show
+        rows = [r for r in sacct(job, "JobID,State,Partition,Timelimit,ReqMem,AllocCPUS")
+                if r[1] == "COMPLETED" and r[3]]
+        return rows if len(rows) == 3 else None
+
+    rows = wait_until(completed, 30, "accounting of the array")
     assert len(rows) == 3 and all(r[1] == "COMPLETED" and r[2] == "debug" and r[3] == "00:07:00" and
                                   r[4] == "512M" and r[5] == "1" for r in rows), rows
     scripts = [p.read_text() for p in Path(runner.logs).rglob("*_submission.sh")]
