@@ -182,7 +182,8 @@ def transfer_units(cfg: ExperimentCfg, rows: list[Row]) -> list[tuple[dict, Unit
     out = []
     for f in cfg.fractions:
         fc = _forget_cfg(cfg, f)
-        upstream = {"model": fc.model, "model_kwargs": fc.model_kwargs}
+        # the upstream input shape travels with the weights: downstream images are adapted to it
+        upstream = {"model": fc.model, "model_kwargs": {**fc.model_kwargs, "img_size": fc.size}}
         tc = dataclasses.replace(cfg.transfer, data_root=cfg.data_root, device=cfg.device)
         for row in rows:
             source = pretrain_unit(cfg, f) if row.method == "naive" else predict_unit(cfg, f, row)
