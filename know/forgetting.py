@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from know.config import override, parse_overrides
 from know.data import Augment, ImageSet, get_dataset, subset_sizes
 from know.errors import KnowError
+from know.jobs import require_writable
 from know.train import (atomic_save, cpu_state, evaluate, evaluate_stacked, fast_layout, generator, make_optimizer,
                         read_checkpoint, resolve_device, seed_from, seeded_model, Stack, stackable, StackedAdam,
                         train_epoch, train_epoch_stacked, weight_distance)
@@ -427,6 +428,7 @@ def main(argv: list[str]) -> int:
 
     args, values = _split_args("know forget", "Pre-train Θ0 and collect a forgetting trajectory.", argv, extra)
     cfg = override(ForgetCfg(), values)
+    require_writable(Path(args.out).parent, "output folder", "pass another --out")  # before hours of training
     t0 = time.time()
     theta0 = torch.load(args.theta0, map_location="cpu") if args.theta0 else pretrain(cfg, args.ckpt_dir)
     traj = forget(cfg, theta0, args.ckpt_dir)
@@ -446,6 +448,7 @@ def collect_main(argv: list[str]) -> int:
 
     args, values = _split_args("know collect", "Collect a meta-dataset of forgetting trajectories.", argv, extra)
     cfg = override(CollectCfg(), values)
+    require_writable(Path(args.out), "output folder", "pass another --out")
     t0 = time.time()
     if args.trial is not None:
         paths = [collect_one(cfg, args.trial, args.out)]

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from know.config import override, parse_overrides
 from know.data import Augment, ImageSet, get_dataset
 from know.errors import KnowError
+from know.jobs import require_writable
 from know.models import get_head, replace_head
 from know.train import (atomic_save, cpu_state, evaluate, fast_layout, generator, make_optimizer, read_checkpoint,
                         resolve_device, seed_from, seeded_model, set_lr, train_epoch)
@@ -261,6 +262,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default=None, help="write the result (with the per-epoch log) as JSON here")
     args, rest = p.parse_known_args(argv)
     cfg = override(TransferCfg(), parse_overrides(rest))
+    if args.out:
+        require_writable(Path(args.out).parent, "output folder", "pass another --out")
     state, meta = load_checkpoint(args.checkpoint)
     model = args.model or meta.get("architecture")
     if not model:

@@ -269,3 +269,16 @@ def test_require_writable_passes_for_a_normal_folder(tmp_path):
     with pytest.raises(KnowError, match="not writable"):
         require_writable(Path("/proc/nope"))
     shutil.rmtree(tmp_path / "new")
+
+
+@pytest.mark.parametrize("cmd", ["forget", "collect", "transfer"])
+def test_unwritable_out_fails_before_computing(tmp_path, cmd, good_traj):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = blocker / ("traj.safetensors" if cmd == "forget" else "out")
+    args = {"forget": ["forget", "--out", str(out), "--model=debugnet", "--dataset=debug", "--pretrain_epochs=50"],
+            "collect": ["collect", "--out", str(out), "--models=[\"debugnet\"]", "--datasets=[\"debug\"]"],
+            "transfer": ["transfer", "--checkpoint", str(good_traj), "--out", str(out / "r.json"),
+                         "--dataset=debug"]}[cmd]
+    one_error(*run(args, tmp_path), "output folder", "not writable", "--out")
+    assert blocker.read_text() == "x"
