@@ -304,7 +304,7 @@ class Runner:
     parallel: int = 1  # local: concurrent processes
     threads: int | None = None  # torch threads per job (None: cores / parallel locally, cpus_per_task on Slurm)
     slurm: Any = None  # know.config.SlurmCfg
-    poll_s: float = 1.0
+    poll_s: float = 0.5  # seconds between checks: a freed local slot waits at most this long
     log: Any = print
     sacct_s: float = 15.0  # Slurm: ask sacct about running jobs at least this often (a cancelled job is seen then)
 
