@@ -558,13 +558,20 @@ def _closure(units: list[Unit]) -> list[Unit]:
     return order
 
 
-def git_commit() -> str:
+# Outputs of the reproduce scripts: a run rewriting its own tracked results does not make the code "dirty".
+OUTPUT_DIRS = ("results", "figures")
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """Short commit of the code, '-dirty' when a tracked file outside OUTPUT_DIRS differs from it."""
     import subprocess
 
+    repo = repo or ROOT.parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT.parent, capture_output=True,
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT.parent,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *[f":!{d}" for d in OUTPUT_DIRS]], cwd=repo,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):

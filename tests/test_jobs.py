@@ -67,3 +67,27 @@ def test_code_change_changes_key(tmp_path, monkeypatch):
     before = a.key
     monkeypatch.setattr(jobs, "code_hash", lambda modules: "different")
     assert Unit("a", "tests.jobfns:add", {"x": 1}, code=("know.jobs",)).key != before
+
+
+def test_git_commit_is_dirty_for_code_not_for_the_runs_own_outputs(tmp_path):
+    import subprocess
+
+    from know.jobs import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    for name in ("know/x.py", "results/t.csv", "figures/t.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("a")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    clean = git_commit(tmp_path)
+    assert clean and "dirty" not in clean
+    (tmp_path / "results/t.csv").write_text("b")
+    (tmp_path / "figures/t.png").write_text("b")
+    assert git_commit(tmp_path) == clean  # a reproduce run rewrote its tracked outputs
+    (tmp_path / "know/x.py").write_text("b")
+    assert git_commit(tmp_path) == clean + "-dirty"
