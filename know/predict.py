@@ -31,15 +31,9 @@ from __future__ import annotations
 import argparse
 import ctypes
 import functools
-import hashlib
 import json
 import os
-import platform
-import shutil
-import subprocess
 import sys
-import tempfile
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from know import native
 from know.baselines import TSV, LogFit, Naive, Predictor, TaskVector
 from know.errors import KnowError, TrajectoryError, UnknownName
 from know.trajectory import Trajectory
@@ -55,7 +50,6 @@ from know.trajectory import Trajectory
 CHUNK_ROWS = 1 << 22  # scalars per element-wise chunk: 4 MiB per snapshot row, large enough to amortise dispatch
 TORCH_CHUNK = 1 << 16  # rows per folded-torch chunk (CPU fallback); GPUs use CHUNK_ROWS at once
 LEAKY_SLOPE = 0.3  # Keras LeakyReLU default, as in KNOWN
-KERNEL_ENV = "KNOW_CKERNEL"  # set to 0 to force the pure-torch path
 
 
 # ================================================================================================ routing
@@ -254,60 +248,19 @@ class _KernelWeights(ctypes.Structure):
                 ("hw", _FP), ("hb", _FP)]
 
 
-def _cpu_signature() -> str:
-    """Identifies the CPU the kernel is built for (-march=native), so a shared cache never mixes machines."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = [ln for ln in f.read().splitlines() if ln.startswith(("model name", "flags"))][:2]
-    except OSError:
-        lines = [platform.processor()]
-    return platform.machine() + "|".join(lines)
-
-
-def _kernel_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "know" / "kernels"
-
-
 @functools.lru_cache(maxsize=1)
 def load_kernel() -> ctypes.CDLL | None:
-    """The compiled fused KNOWN kernel (built once per machine into ~/.cache/know/kernels), or None.
+    """The compiled fused KNOWN kernel (built once per machine, see `know.native`), or None.
 
     None when $KNOW_CKERNEL=0, no C++ compiler is found, or the build fails (then a warning says so and the
     folded pure-torch path is used: same results within 2e-6, a few times slower).
     """
-    if os.environ.get(KERNEL_ENV, "1") == "0":
-        return None
-    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        warnings.warn("no C++ compiler found: KNOWN prediction uses the slower pure-torch path", stacklevel=2)
-        return None
-    key = hashlib.sha256("\n".join([_KERNEL_SRC, cxx, *_CXX_FLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
-    for folder in (_kernel_cache(), Path(tempfile.gettempdir()) / "know-kernels"):
-        try:
-            return _build_and_load(cxx, folder / f"known_{key}.so")
-        except OSError:
-            continue
-        except subprocess.SubprocessError as e:
-            warnings.warn(f"building the fused KNOWN kernel failed ({e}); using the pure-torch path", stacklevel=2)
-            return None
-    return None
-
-
-def _build_and_load(cxx: str, so: Path) -> ctypes.CDLL:
-    if not so.is_file():
-        so.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=so.parent) as tmp:
-            src, out = Path(tmp) / "known.cpp", Path(tmp) / "known.so"
-            src.write_text(_KERNEL_SRC)
-            subprocess.run([cxx, *_CXX_FLAGS, "-o", str(out), str(src)], check=True, capture_output=True,
-                           timeout=300)
-            os.replace(out, so)  # atomic: concurrent builders never load a half-written library
-    lib = ctypes.CDLL(str(so))
-    lib.known_tile.restype = ctypes.c_int
-    lib.known_rows.restype = None
-    lib.known_rows.argtypes = [ctypes.POINTER(_KernelWeights), ctypes.POINTER(_FP), ctypes.c_long, ctypes.c_long,
-                               _FP, ctypes.c_int]
+    lib = native.build("known", _KERNEL_SRC, "c++", _CXX_FLAGS, "KNOWN prediction uses the slower pure-torch path")
+    if lib is not None:
+        lib.known_tile.restype = ctypes.c_int
+        lib.known_rows.restype = None
+        lib.known_rows.argtypes = [ctypes.POINTER(_KernelWeights), ctypes.POINTER(_FP), ctypes.c_long,
+                                   ctypes.c_long, _FP, ctypes.c_int]
     return lib
 
 
