@@ -346,8 +346,20 @@ class Augment:
     zoom: float = 0.3  # scale in [1 - zoom, 1 + zoom]
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        n = x.shape[0]
-        u = torch.rand(n, 5, generator=generator, device=generator.device if generator else "cpu").to(x.device) * 2 - 1
+        return self._apply(x, self._draw(x, generator))
+
+    def many(self, xs: list[torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
+        """[self(x, g) for x, g in zip(xs, generators)], stacked, as one grid_sample: each generator draws exactly
+        what it would alone, and the warp acts on each image separately, so the result is the same."""
+        u = torch.cat([self._draw(x, g) for x, g in zip(xs, generators)])
+        return self._apply(torch.cat(xs), u).view(len(xs), *xs[0].shape)
+
+    @staticmethod
+    def _draw(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        dev = generator.device if generator else "cpu"
+        return torch.rand(x.shape[0], 5, generator=generator, device=dev).to(x.device) * 2 - 1
+
+    def _apply(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         angle = u[:, 0] * math.radians(self.rotation)
         tx, ty = u[:, 1] * self.shift * 2, u[:, 2] * self.shift * 2  # grid coords span 2 per image side
         zx, zy = 1 + u[:, 3] * self.zoom, 1 + u[:, 4] * self.zoom

@@ -26,7 +26,7 @@ DATA_CODE = ("know.data", "know.models", "know.train")
 CODE = {
     "pretrain": DATA_CODE + ("know.forgetting",),
     "forget": DATA_CODE + ("know.forgetting", "know.trajectory"),
-    "collect": DATA_CODE + ("know.forgetting", "know.trajectory"),
+    "collect": DATA_CODE + ("know.forgetting", "know.trajectory", "know.lanes", "know.csrc"),  # stacked training
     "metatrain": ("know.known", "know.metatrain", "know.trajectory"),
     "predict": ("know.known", "know.predict", "know.baselines", "know.trajectory"),
     "transfer": DATA_CODE + ("know.transfer",),

@@ -17,16 +17,15 @@ The collector (`collect`, `collect_group`, `collect_one`, `know collect`) sample
 (rate ~ U(0.3, 0.9), lr ~ U(1e-5, 4e-3), batch ~ int(U(32, |D0| r^(S-1))), 7 sessions of one epoch, Adam) over
 architectures x datasets. Trials come in groups of `group_size` that share architecture, dataset, rate and batch
 size (our choice) and differ in lr and seed (init, subsets, batch order, augmentation), so a group trains in one
-stacked pass (`forget_stacked`: grouped convolutions or torch.func + vmap, see `know.train.Stack`) that equals
-one-at-a-time training to float rounding. Each trial's marginal distribution is the official one; within a group
+stacked pass (`forget_stacked`; SimpleNets with member k in SIMD lane k by C kernels, other nets as grouped
+convolutions or torch.func + vmap, see `know.train.Stack`) that equals one-at-a-time training to float rounding. Each trial's marginal distribution is the official one; within a group
 rate and batch size are shared, not independent. The batch-size upper end is capped at `batch_max` (1024, ours) so
 K stacked members fit in memory. Job arrays: one task per group (`collect_group(cfg, g, out)`, g < num_groups(cfg));
 finished trial files are skipped, so reruns resume.
 
 Measured on the 2-core test machine (benchmarks/collect_speed.py, simplenet, Fashion-MNIST, |D0| = 4000, batch 56):
-stacking 16 trials gives 1.8-2x trajectories per hour. Its profiler diagnosis: convolutions are 49 % of a
-one-at-a-time step and still 2.65 ms per member when stacked, so stacking on a CPU is capped at ~3.5x even if every
-other op were free. On a GPU, where tiny networks are launch-bound, the gain should be much larger.
+see the README's benchmark table; the lane kernels are what make stacking pay on a CPU (grouped convolutions alone
+reach about 2x).
 """
 from __future__ import annotations
 
@@ -253,7 +252,7 @@ def forget_stacked(cfgs: list[ForgetCfg], progress: bool = True, backend: str = 
 
     Member m gets its own initial weights, subsets, batch orders and augmentations (from cfgs[m].seed), exactly as
     the one-at-a-time path would, so the results agree to float rounding. Falls back to one at a time when the
-    model cannot be stacked (see `can_stack`). backend: "auto" | "wide" | "vmap" (see `know.train.Stack`).
+    model cannot be stacked (see `can_stack`). backend: "auto" | "lanes" | "wide" | "vmap" (see `know.train.Stack`).
     """
     _check_stackable_cfgs(cfgs)
     c0 = cfgs[0]
@@ -325,7 +324,7 @@ class CollectCfg:
     channels: int | None = None
     size: int = 32
     stacked: bool = True  # False: one trial at a time (the benchmark's baseline)
-    backend: str = "auto"  # stacked training: auto | wide (grouped convs) | vmap (torch.func), see know.train.Stack
+    backend: str = "auto"  # stacked training: auto | lanes (C kernels) | wide (grouped convs) | vmap, see train.Stack
 
 
 def combos(cfg: CollectCfg) -> list[tuple[str, str]]:

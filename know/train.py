@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Iterable
@@ -207,13 +208,18 @@ def _widened(template: nn.Module, k: int) -> nn.Module:
     return wide
 
 
+BACKENDS = ("auto", "lanes", "wide", "vmap")
+
+
 class Stack:
     """K models of one architecture with their own weights, trained as one.
 
-    Backends: "wide" turns every Conv2d into a grouped convolution and every Linear into a batched matmul, so the
-    template's own forward runs on (B, K*C, H, W) inputs (fast on CPU; valid for nets whose other ops act per
-    channel, which is checked numerically at construction); "vmap" runs `torch.func.functional_call` under
-    `torch.vmap` (any buffer-free model). "auto" picks wide when its check passes.
+    Backends: "lanes" keeps member k in SIMD lane k and runs hand-written C kernels (`know.lanes`: SimpleNets, CPU,
+    K <= 16, needs a C compiler; the fastest on CPU); "wide" turns every Conv2d into a grouped convolution and every
+    Linear into a batched matmul, so the template's own forward runs on (B, K*C, H, W) inputs (valid for nets whose
+    other ops act per channel); "vmap" runs `torch.func.functional_call` under `torch.vmap` (any buffer-free
+    model). "auto" takes the first of lanes, wide, vmap that applies; lanes and wide are checked numerically
+    against vmap at construction.
     `params` are {name: (K, *shape)} views of the trained tensors: update them in place.
     """
 
@@ -224,15 +230,35 @@ class Stack:
         self.template, self.k = template, len(states)
         self.names = [n for n, _ in template.named_parameters()]
         self.device = example.device
-        if backend not in ("auto", "wide", "vmap"):
-            raise UnknownName(f"unknown stack backend '{backend}'; known: auto, wide, vmap")
-        self.backend, self.wide = "vmap", None
-        if backend != "vmap" and self._try_wide(states, example[:2]):
+        if backend not in BACKENDS:
+            raise UnknownName(f"unknown stack backend '{backend}'; known: {', '.join(BACKENDS)}")
+        self.backend, self.wide, self.lanes = "vmap", None, None
+        if backend in ("auto", "lanes") and self._try_lanes(states, example[:2]):
+            self.backend = "lanes"
+        elif backend == "lanes":
+            raise ValueError("the lanes backend needs a SimpleNet, a CPU, at most 16 members and a C compiler; "
+                             "use backend='wide'")
+        elif backend in ("auto", "wide") and self._try_wide(states, example[:2]):
             self.backend = "wide"
         elif backend == "wide":
             raise ValueError("the wide backend does not reproduce this model; use backend='vmap'")
         else:
             self.params = stack_states(states, self.names, self.device)
+
+    def _try_lanes(self, states: list[dict[str, Tensor]], x: Tensor) -> bool:
+        """Build the lane twin and check it against vmap on `x`; False leaves the stack untouched."""
+        from know.lanes import LaneNet
+
+        net = LaneNet.build(self.template, self.k) if self.device.type == "cpu" else None
+        if net is None:
+            return False
+        self.params = net.params
+        self.load(states)
+        got, want = net.logits(x), self._vmap_logits(x)
+        if torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+            self.lanes = net
+            return True
+        return False
 
     def _try_wide(self, states: list[dict[str, Tensor]], x: Tensor) -> bool:
         """Build the wide twin and check it against vmap on `x`; False leaves the stack untouched."""
@@ -275,11 +301,16 @@ class Stack:
 
     def logits(self, x: Tensor) -> Tensor:
         """(B, C, H, W) shared input -> (K, B, classes)."""
+        if self.backend == "lanes":
+            return self.lanes.logits(x)
         return self._wide_logits(x) if self.backend == "wide" else self._vmap_logits(x)
 
     def loss_and_grads(self, xs: Tensor, ys: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-member inputs (K, B, C, H, W) and labels (K, B) -> mean loss (K,) and gradients {name: (K, ...)};
-        member m's gradient is that of its own mean loss, as in one-at-a-time training."""
+        member m's gradient is that of its own mean loss, as in one-at-a-time training. The lanes backend's gradients
+        are views of buffers that the next call overwrites: use them before calling again."""
+        if self.backend == "lanes":
+            return self.lanes.loss_and_grads(xs, ys)
         if self.backend == "vmap":
             grads, loss = torch.vmap(torch.func.grad_and_value(partial(_loss, self.template)))(self.params, xs, ys)
             return loss.detach(), grads
@@ -339,15 +370,34 @@ def train_epoch_stacked(stack: Stack, opt: StackedAdam, data: ImageSet, idxs: li
     orders = [batches(n, batch_size, g, device=dev) for g in gens]
     idxs = [i.to(dev) for i in idxs]
     total = torch.zeros(k, device=dev)
-    with _progress(-(-n // batch_size), desc) as bar:
-        for step_idx in zip(*orders):  # one batch per member
-            sels = [i[b] for i, b in zip(idxs, step_idx)]
-            xs = [augment(data.x[s], g) if augment is not None else data.x[s] for s, g in zip(sels, gens)]
-            loss, grads = stack.loss_and_grads(torch.stack(xs), torch.stack([data.y[s] for s in sels]))
-            opt.step(stack.params, grads)
-            total += loss * len(sels[0])
+
+    def batch(step_idx: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:  # one batch per member
+        sels = [i[b] for i, b in zip(idxs, step_idx)]
+        xs = [data.x[s] for s in sels]
+        xs = augment.many(xs, gens) if augment is not None else torch.stack(xs)
+        return xs, torch.stack([data.y[s] for s in sels])
+
+    # The next batch is drawn in a second thread while this one trains (its generators are used in the same order)
+    with _progress(-(-n // batch_size), desc) as bar, ThreadPoolExecutor(1) as ahead:
+        steps = iter(zip(*orders))
+        first = next(steps, None)
+        if first is None:
+            return total
+        pending = ahead.submit(batch, first)
+        for step_idx in steps:
+            xs, ys = pending.result()
+            pending = ahead.submit(batch, step_idx)
+            _train_step(stack, opt, xs, ys, total)
             bar.update()
+        _train_step(stack, opt, *pending.result(), total)
+        bar.update()
     return total / n
+
+
+def _train_step(stack: Stack, opt: StackedAdam, xs: Tensor, ys: Tensor, total: Tensor) -> None:
+    loss, grads = stack.loss_and_grads(xs, ys)
+    opt.step(stack.params, grads)
+    total += loss * xs.shape[1]
 
 
 @torch.no_grad()

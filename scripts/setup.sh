@@ -30,6 +30,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# C and C++ compilers for the native kernels (know/native.py); without them the PyTorch fallbacks are slower.
+if ! command -v cc >/dev/null || ! command -v g++ >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    log "installing Debian packages gcc g++"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq gcc g++ >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq gcc g++ >/dev/null; }
+  else
+    log "WARNING: no C/C++ compiler: run 'sudo apt-get install gcc g++' for the fast native kernels"
+  fi
+fi
+
 # Offline datasets. Fashion-MNIST: Debian package (needs apt and root).
 FMNIST=/usr/share/datasets/fashion-mnist
 if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ]; then

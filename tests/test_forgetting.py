@@ -105,7 +105,7 @@ def test_resume_refuses_other_config(tmp_path):
 STACK = ForgetCfg(model="simplenet", dataset="debug", sessions=3, batch_size=16, lr=1e-4, device="cpu", max_images=48)
 
 
-@pytest.mark.parametrize("backend,restart", [("wide", False), ("vmap", False), ("wide", True)])
+@pytest.mark.parametrize("backend,restart", [("lanes", False), ("wide", False), ("vmap", False), ("wide", True)])
 def test_stacked_equals_one_at_a_time(backend, restart):
     """The key correctness check: K members trained as one equal K runs trained alone (same seeds and batches).
     Small learning rates: Adam normalises near-zero gradients, which amplifies float rounding at large lr."""
@@ -150,7 +150,7 @@ def test_wide_stack_matches_autograd():
     from know.models import create_model
     models = [create_model("simplenet", num_classes=3, in_chans=1) for _ in range(2)]
     x, y = torch.randn(2, 4, 1, 32, 32), torch.randint(0, 3, (2, 4))
-    stack = Stack(models[0], [m.state_dict() for m in models], x[0])
+    stack = Stack(models[0], [m.state_dict() for m in models], x[0], backend="wide")
     assert stack.backend == "wide"
     loss, grads = stack.loss_and_grads(x, y)
     for m, model in enumerate(models):

@@ -69,6 +69,22 @@ def test_code_change_changes_key(tmp_path, monkeypatch):
     assert Unit("a", "tests.jobfns:add", {"x": 1}, code=("know.jobs",)).key != before
 
 
+def test_code_hash_covers_c_sources(tmp_path, monkeypatch):
+    """A unit that depends on a folder of C kernels ("know.csrc") is recomputed when a kernel changes."""
+    import know.jobs as jobs
+
+    kernel = tmp_path / "know" / "csrc" / "k.c"
+    kernel.parent.mkdir(parents=True)
+    kernel.write_text("int f(void) { return 1; }")
+    monkeypatch.setattr(jobs, "ROOT", tmp_path / "know")
+    jobs.code_hash.cache_clear()
+    before = jobs.code_hash(("know.csrc",))
+    kernel.write_text("int f(void) { return 2; }")
+    jobs.code_hash.cache_clear()
+    assert jobs.code_hash(("know.csrc",)) != before
+    jobs.code_hash.cache_clear()
+
+
 def test_git_commit_is_dirty_for_code_not_for_the_runs_own_outputs(tmp_path):
     import subprocess
 

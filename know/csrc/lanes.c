@@ -1,0 +1,432 @@
+/* Lane kernels: K = 16 small CNNs trained at once, member k in SIMD lane k.
+ *
+ * Every tensor keeps the member axis innermost, (..., LANES), so a 16-float vector holds one value of all members
+ * and each member's arithmetic is plain element-wise vector arithmetic: no grouped convolution, no im2col. Built
+ * at first use by know/lanes.py with the system C compiler (-O3 -march=native); called through ctypes.
+ *
+ * Layouts (float32, contiguous):  activations (B, C, H + 2p, W + 2p, LANES) with a zero border p = ks / 2 where a
+ * convolution reads them; conv weights (Co, Ci, ks, ks, LANES); biases (Co, LANES).
+ */
+#include <pthread.h>
+#include <stddef.h>
+#include <math.h>
+#include <string.h>
+
+#define LANES 16
+#define XB 8 /* output pixels per register block */
+#define COB 4 /* at most this many output channels per register block (COB x XB / 2 accumulators) */
+#define MAX_THREADS 64
+#define MAX_KS 5 /* odd kernel sizes up to this */
+
+typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
+typedef int vi __attribute__((vector_size(LANES * sizeof(int))));
+
+static inline vf ld(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void st(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf vmax(vf a, vf b) { vi m = (vi)(a > b); return (vf)(((vi)a & m) | ((vi)b & ~m)); }
+static inline vf vsel(vi m, vf a) { return (vf)((vi)a & m); }
+
+int lanes(void) { return LANES; }
+int max_kernel_size(void) { return MAX_KS; }
+
+/* ------------------------------------------------------------------------------------------------ threads */
+typedef void (*range_fn)(const void *args, int lo, int hi);
+struct chunk { range_fn fn; const void *args; int lo, hi; };
+
+static void *run_chunk(void *p) {
+    struct chunk *c = p;
+    c->fn(c->args, c->lo, c->hi);
+    return NULL;
+}
+
+/* fn(args, lo, hi) over [0, n) split into `threads` contiguous chunks; the caller runs the first one. */
+static void parallel_for(range_fn fn, const void *args, int n, int threads) {
+    if (threads > n) threads = n;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads <= 1) { fn(args, 0, n); return; }
+    pthread_t th[MAX_THREADS];
+    struct chunk ch[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    for (int t = 0; t < threads; t++) ch[t] = (struct chunk){fn, args, (int)((long)n * t / threads),
+                                                              (int)((long)n * (t + 1) / threads)};
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&th[t], NULL, run_chunk, &ch[t]) == 0;
+    run_chunk(&ch[0]);
+    for (int t = 1; t < threads; t++) {
+        if (started[t]) pthread_join(th[t], NULL);
+        else run_chunk(&ch[t]); /* no thread to be had: do it here */
+    }
+}
+
+/* ------------------------------------------------------------------------------- convolution, stride 1, 'same' */
+struct conv { const float *in, *w, *b; float *out; int B, Ci, Co, H, W, ks; };
+
+/* out[y, x0 .. x0 + n) of output channels co .. co + nc, image bb: a register block of nc x n vectors. */
+static inline __attribute__((always_inline)) void conv_block(const struct conv *a, const float *in_b, float *out_b,
+                                                             int co, int nc, int y, int x0, int n, int ks) {
+    const int Hp = a->H + ks - 1, Wp = a->W + ks - 1, wstride = a->Ci * ks * ks * LANES;
+    const float *w0 = a->w + (size_t)co * wstride;
+    vf acc[COB][XB];
+    for (int c = 0; c < nc; c++) {
+        const vf bias = a->b ? ld(a->b + (size_t)(co + c) * LANES) : (vf){0};
+        for (int j = 0; j < n; j++) acc[c][j] = bias;
+    }
+    for (int ci = 0; ci < a->Ci; ci++)
+        for (int dy = 0; dy < ks; dy++) {
+            const float *row = in_b + ((size_t)(ci * Hp + y + dy) * Wp + x0) * LANES;
+            const float *wr = w0 + (size_t)((ci * ks + dy) * ks) * LANES;
+            for (int dx = 0; dx < ks; dx++) {
+                vf wv[COB];
+                for (int c = 0; c < nc; c++) wv[c] = ld(wr + (size_t)c * wstride + dx * LANES);
+                for (int j = 0; j < n; j++) {
+                    const vf v = ld(row + (j + dx) * LANES);
+                    for (int c = 0; c < nc; c++) acc[c][j] += wv[c] * v;
+                }
+            }
+        }
+    for (int c = 0; c < nc; c++) {
+        float *out_row = out_b + ((size_t)((co + c) * a->H + y) * a->W + x0) * LANES;
+        for (int j = 0; j < n; j++) st(out_row + (size_t)j * LANES, acc[c][j]);
+    }
+}
+
+static inline __attribute__((always_inline)) void conv_cols(const struct conv *a, const float *in_b, float *out_b,
+                                                            int co, int nc, int y, int ks) {
+    const int W = a->W;
+    int x = 0;
+    for (; x + XB <= W; x += XB) conv_block(a, in_b, out_b, co, nc, y, x, XB, ks);
+    if (W - x >= 4) { conv_block(a, in_b, out_b, co, nc, y, x, 4, ks); x += 4; }
+    if (W - x >= 2) { conv_block(a, in_b, out_b, co, nc, y, x, 2, ks); x += 2; }
+    if (W - x >= 1) conv_block(a, in_b, out_b, co, nc, y, x, 1, ks);
+}
+
+static inline __attribute__((always_inline)) void conv_rows(const struct conv *a, int lo, int hi, int ks) {
+    const int Hp = a->H + ks - 1, Wp = a->W + ks - 1;
+    for (int bb = lo; bb < hi; bb++) {
+        const float *in_b = a->in + (size_t)bb * a->Ci * Hp * Wp * LANES;
+        float *out_b = a->out + (size_t)bb * a->Co * a->H * a->W * LANES;
+        for (int y = 0; y < a->H; y++) { /* all output channels of a row: its input rows stay in L1 */
+            int co = 0;
+            if (a->W < XB) /* narrow rows: more output channels per block keep enough accumulators busy */
+                for (; co + 4 <= a->Co; co += 4) conv_cols(a, in_b, out_b, co, 4, y, ks);
+            for (; co + 2 <= a->Co; co += 2) conv_cols(a, in_b, out_b, co, 2, y, ks);
+            for (; co < a->Co; co++) conv_cols(a, in_b, out_b, co, 1, y, ks);
+        }
+    }
+}
+
+static void conv_range(const void *p, int lo, int hi) {
+    const struct conv *a = p;
+    if (a->ks == 3) conv_rows(a, lo, hi, 3); /* the common case, with the kernel size known to the compiler */
+    else if (a->ks == 1) conv_rows(a, lo, hi, 1);
+    else conv_rows(a, lo, hi, a->ks);
+}
+
+/* out (B, Co, H, W) = conv(in (B, Ci, H + ks - 1, W + ks - 1), w (Co, Ci, ks, ks)) + b (Co) [b may be NULL].
+ * The input gradient is this same call on the padded output gradient with the weights flipped and transposed. */
+void conv_forward(const float *in, const float *w, const float *b, float *out, int B, int Ci, int Co, int H, int W,
+                  int ks, int threads) {
+    const struct conv a = {in, w, b, out, B, Ci, Co, H, W, ks};
+    parallel_for(conv_range, &a, B, threads);
+}
+
+struct conv_grad { const float *in, *dout; float *dw, *db; int B, Ci, Co, H, W, ks; };
+
+/* dw, db of output channels co .. co + nc (nc <= 2: two channels share every input load). */
+static inline __attribute__((always_inline)) void conv_grad_block(const struct conv_grad *a, int co, int nc, int ks) {
+    const int pad = ks / 2, H = a->H, W = a->W, Hp = H + ks - 1, Wp = W + ks - 1, kk = ks * ks;
+    const size_t dw_stride = (size_t)a->Ci * kk * LANES, plane = (size_t)Hp * Wp * LANES;
+    float *dw_co = a->dw + co * dw_stride;
+    memset(dw_co, 0, sizeof(float) * nc * dw_stride);
+    vf db[2] = {{0}, {0}};
+    for (int bb = 0; bb < a->B; bb++) { /* image by image, so its output-gradient planes stay in L1 */
+        const float *g_b = a->dout + (size_t)(bb * a->Co + co) * plane; /* padded like the input */
+        for (int c = 0; c < nc; c++)
+            for (int y = 0; y < H; y++)
+                for (int x = 0; x < W; x++) db[c] += ld(g_b + c * plane + ((size_t)(y + pad) * Wp + x + pad) * LANES);
+        for (int ci = 0; ci < a->Ci; ci++) {
+            const float *in_b = a->in + (size_t)(bb * a->Ci + ci) * plane;
+            vf acc[2][MAX_KS * MAX_KS];
+            for (int c = 0; c < nc; c++)
+                for (int t = 0; t < kk; t++) acc[c][t] = ld(dw_co + c * dw_stride + ((size_t)ci * kk + t) * LANES);
+            if (ks == 3) { /* sliding windows: each input vector is loaded once per row, used thrice per channel */
+                for (int y = 0; y < H; y++) {
+                    const float *g_row = g_b + ((size_t)(y + 1) * Wp + 1) * LANES;
+                    const float *r0 = in_b + (size_t)y * Wp * LANES, *r1 = r0 + Wp * LANES, *r2 = r1 + Wp * LANES;
+                    vf w[3][3] = {{ld(r0), ld(r0 + LANES)}, {ld(r1), ld(r1 + LANES)}, {ld(r2), ld(r2 + LANES)}};
+                    for (int x = 0; x < W; x++) {
+                        for (int dy = 0; dy < 3; dy++) w[dy][2] = ld((dy == 0 ? r0 : dy == 1 ? r1 : r2) +
+                                                                    (size_t)(x + 2) * LANES);
+                        for (int c = 0; c < nc; c++) {
+                            const vf g = ld(g_row + c * plane + (size_t)x * LANES);
+                            for (int t = 0; t < 9; t++) acc[c][t] += g * w[t / 3][t % 3];
+                        }
+                        for (int dy = 0; dy < 3; dy++) { w[dy][0] = w[dy][1]; w[dy][1] = w[dy][2]; }
+                    }
+                }
+            } else
+                for (int y = 0; y < H; y++)
+                    for (int x = 0; x < W; x++)
+                        for (int c = 0; c < nc; c++) {
+                            const vf g = ld(g_b + c * plane + ((size_t)(y + pad) * Wp + x + pad) * LANES);
+                            for (int dy = 0; dy < ks; dy++)
+                                for (int dx = 0; dx < ks; dx++)
+                                    acc[c][dy * ks + dx] += g * ld(in_b + ((size_t)(y + dy) * Wp + x + dx) * LANES);
+                        }
+            for (int c = 0; c < nc; c++)
+                for (int t = 0; t < kk; t++) st(dw_co + c * dw_stride + ((size_t)ci * kk + t) * LANES, acc[c][t]);
+        }
+    }
+    for (int c = 0; c < nc && a->db; c++) st(a->db + (size_t)(co + c) * LANES, db[c]);
+}
+
+static inline __attribute__((always_inline)) void conv_grad_channels(const struct conv_grad *a, int lo, int hi,
+                                                                     int ks) {
+    int co = lo;
+    for (; co + 2 <= hi; co += 2) conv_grad_block(a, co, 2, ks);
+    if (co < hi) conv_grad_block(a, co, 1, ks);
+}
+
+/* A Linear layer (1x1 "image"): the gradient stays in registers across the batch. */
+static void linear_grad_channels(const struct conv_grad *a, int lo, int hi) {
+    for (int co = lo; co < hi; co++) {
+        vf db = {0};
+        for (int bb = 0; bb < a->B; bb++) db += ld(a->dout + (size_t)(bb * a->Co + co) * LANES);
+        if (a->db) st(a->db + (size_t)co * LANES, db);
+        for (int ci = 0; ci < a->Ci; ci++) {
+            vf acc = {0};
+            for (int bb = 0; bb < a->B; bb++)
+                acc += ld(a->dout + (size_t)(bb * a->Co + co) * LANES) * ld(a->in + (size_t)(bb * a->Ci + ci) * LANES);
+            st(a->dw + ((size_t)co * a->Ci + ci) * LANES, acc);
+        }
+    }
+}
+
+static void conv_grad_range(const void *p, int lo, int hi) {
+    const struct conv_grad *a = p;
+    if (a->ks == 1 && a->H == 1 && a->W == 1) linear_grad_channels(a, lo, hi);
+    else if (a->ks == 3) conv_grad_channels(a, lo, hi, 3);
+    else if (a->ks == 1) conv_grad_channels(a, lo, hi, 1);
+    else conv_grad_channels(a, lo, hi, a->ks);
+}
+
+/* dw (Co, Ci, ks, ks) and db (Co) [may be NULL] from the padded input and the padded output gradient
+ * (B, Co, H + ks - 1, W + ks - 1). Threads split the output channels, so no two write the same gradient. */
+void conv_weight_grad(const float *in, const float *dout, float *dw, float *db, int B, int Ci, int Co, int H, int W,
+                      int ks, int threads) {
+    const struct conv_grad a = {in, dout, dw, db, B, Ci, Co, H, W, ks};
+    parallel_for(conv_grad_range, &a, Co, threads);
+}
+
+/* ------------------------------------------------------------------------ ReLU then 2x2 max-pool, stride 2 */
+struct pool { const float *z, *g; float *out; int planes, H, W, pad; };
+
+static void pool_range(const void *p, int lo, int hi) {
+    const struct pool *a = p;
+    const int H = a->H, W = a->W, Ho = H / 2, Wo = W / 2, Wop = Wo + 2 * a->pad, Hop = Ho + 2 * a->pad;
+    const vf zero = {0};
+    for (int pl = lo; pl < hi; pl++) {
+        const float *z = a->z + (size_t)pl * H * W * LANES;
+        float *out = a->out + (size_t)pl * Hop * Wop * LANES;
+        for (int y = 0; y < Ho; y++)
+            for (int x = 0; x < Wo; x++) {
+                const float *q = z + ((size_t)(2 * y) * W + 2 * x) * LANES;
+                const vf m = vmax(vmax(ld(q), ld(q + LANES)), vmax(ld(q + W * LANES), ld(q + (W + 1) * LANES)));
+                st(out + ((size_t)(y + a->pad) * Wop + x + a->pad) * LANES, vmax(m, zero));
+            }
+    }
+}
+
+/* out (planes, Ho + 2 pad, Wo + 2 pad) interior = maxpool2(relu(z (planes, H, W))); the border is not touched. */
+void relu_pool_forward(const float *z, float *out, int planes, int H, int W, int pad, int threads) {
+    const struct pool a = {z, NULL, out, planes, H, W, pad};
+    parallel_for(pool_range, &a, planes, threads);
+}
+
+static void pool_grad_range(const void *p, int lo, int hi) {
+    const struct pool *a = p;
+    const int H = a->H, W = a->W, Ho = H / 2, Wo = W / 2, pad = a->pad, Wp = W + 2 * pad, Hp = H + 2 * pad;
+    const vf zero = {0};
+    for (int pl = lo; pl < hi; pl++) {
+        const float *z = a->z + (size_t)pl * H * W * LANES;
+        const float *g = a->g + (size_t)pl * Ho * Wo * LANES;
+        float *dz = a->out + (size_t)pl * Hp * Wp * LANES;
+        if (H % 2) /* the row and column outside every window (odd sizes) get no gradient */
+            memset(dz + ((size_t)(H - 1 + pad) * Wp + pad) * LANES, 0, sizeof(float) * W * LANES);
+        if (W % 2)
+            for (int y = 0; y < H; y++) memset(dz + ((size_t)(y + pad) * Wp + W - 1 + pad) * LANES, 0, sizeof(vf));
+        for (int y = 0; y < Ho; y++)
+            for (int x = 0; x < Wo; x++) {
+                const size_t i00 = (size_t)(2 * y) * W + 2 * x, o00 = (size_t)(2 * y + pad) * Wp + 2 * x + pad;
+                const vf v00 = ld(z + i00 * LANES), v01 = ld(z + (i00 + 1) * LANES);
+                const vf v10 = ld(z + (i00 + W) * LANES), v11 = ld(z + (i00 + W + 1) * LANES);
+                const vf m = vmax(vmax(v00, v01), vmax(v10, v11));
+                const vf gv = vsel((vi)(m > zero), ld(g + ((size_t)y * Wo + x) * LANES)); /* ReLU passes m > 0 */
+                /* the first maximum in scan order takes the gradient, as in PyTorch's max_pool2d */
+                const vi t00 = (vi)(v00 == m), t01 = (vi)(v01 == m) & ~t00, t10 = (vi)(v10 == m) & ~t00 & ~t01;
+                const vi t11 = ~(t00 | t01 | t10);
+                st(dz + o00 * LANES, vsel(t00, gv));
+                st(dz + (o00 + 1) * LANES, vsel(t01, gv));
+                st(dz + (o00 + Wp) * LANES, vsel(t10, gv));
+                st(dz + (o00 + Wp + 1) * LANES, vsel(t11, gv));
+            }
+    }
+}
+
+/* dz (planes, H + 2 pad, W + 2 pad) interior = the gradient of relu_pool_forward at z, given its output gradient
+ * g (planes, Ho, Wo); the border is not touched (keep it zero for the convolution gradients that read dz). */
+void relu_pool_backward(const float *z, const float *g, float *dz, int planes, int H, int W, int pad, int threads) {
+    const struct pool a = {z, g, dz, planes, H, W, pad};
+    parallel_for(pool_grad_range, &a, planes, threads);
+}
+
+/* ------------------------------------------- the first layer: ReLU-pool backward fused with the weight gradient */
+struct pool_conv_grad { const float *z, *g, *in; float *dw, *db; int B, Ci, Co, H, W, ks; };
+
+/* The 2x2 window at pooled (y, x) of plane z (H, W): the output gradient gv routed to the first maximum, if > 0. */
+static inline void window_grads(const float *z, const float *g, int W, int Wo, int y, int x, vf d[4]) {
+    const vf zero = {0};
+    const size_t i00 = (size_t)(2 * y) * W + 2 * x;
+    const vf v00 = ld(z + i00 * LANES), v01 = ld(z + (i00 + 1) * LANES);
+    const vf v10 = ld(z + (i00 + W) * LANES), v11 = ld(z + (i00 + W + 1) * LANES);
+    const vf m = vmax(vmax(v00, v01), vmax(v10, v11));
+    const vf gv = vsel((vi)(m > zero), ld(g + ((size_t)y * Wo + x) * LANES));
+    const vi t00 = (vi)(v00 == m), t01 = (vi)(v01 == m) & ~t00, t10 = (vi)(v10 == m) & ~t00 & ~t01;
+    d[0] = vsel(t00, gv); d[1] = vsel(t01, gv); d[2] = vsel(t10, gv); d[3] = vsel(~(t00 | t01 | t10), gv);
+}
+
+static inline __attribute__((always_inline)) void pool_conv_grad_channels(const struct pool_conv_grad *a, int lo,
+                                                                          int hi, int ks) {
+    const int H = a->H, W = a->W, Ho = H / 2, Wo = W / 2, Wp = W + ks - 1, Hp = H + ks - 1, kk = ks * ks;
+    for (int co = lo; co < hi; co++) {
+        vf db = {0};
+        for (int ci = 0; ci < a->Ci; ci++) {
+            float *dw = a->dw + (size_t)(co * a->Ci + ci) * kk * LANES;
+            vf acc[MAX_KS * MAX_KS];
+            for (int t = 0; t < kk; t++) acc[t] = (vf){0};
+            for (int bb = 0; bb < a->B; bb++) {
+                const float *z = a->z + (size_t)(bb * a->Co + co) * H * W * LANES;
+                const float *g = a->g + (size_t)(bb * a->Co + co) * Ho * Wo * LANES;
+                const float *in = a->in + (size_t)(bb * a->Ci + ci) * Hp * Wp * LANES;
+                for (int y = 0; y < Ho; y++)
+                    for (int x = 0; x < Wo; x++) {
+                        vf d[4];
+                        window_grads(z, g, W, Wo, y, x, d);
+                        if (ci == 0) db += d[0] + d[1] + d[2] + d[3];
+                        for (int q = 0; q < 4; q++) {
+                            const float *base = in + ((size_t)(2 * y + q / 2) * Wp + 2 * x + q % 2) * LANES;
+                            for (int dy = 0; dy < ks; dy++)
+                                for (int dx = 0; dx < ks; dx++)
+                                    acc[dy * ks + dx] += d[q] * ld(base + ((size_t)dy * Wp + dx) * LANES);
+                        }
+                    }
+            }
+            for (int t = 0; t < kk; t++) st(dw + t * LANES, acc[t]);
+        }
+        if (a->db) st(a->db + (size_t)co * LANES, db);
+    }
+}
+
+static void pool_conv_grad_range(const void *p, int lo, int hi) {
+    const struct pool_conv_grad *a = p;
+    if (a->ks == 3) pool_conv_grad_channels(a, lo, hi, 3);
+    else pool_conv_grad_channels(a, lo, hi, a->ks);
+}
+
+/* conv_weight_grad of the layer whose output z went through relu_pool_forward, straight from that pool's output
+ * gradient g (B, Co, H/2, W/2): the (B, Co, H, W) gradient of z is never written out. For the first layer, which
+ * needs no input gradient; its z is the largest tensor of the net. */
+void relu_pool_conv_weight_grad(const float *z, const float *g, const float *in, float *dw, float *db, int B, int Ci,
+                                int Co, int H, int W, int ks, int threads) {
+    const struct pool_conv_grad a = {z, g, in, dw, db, B, Ci, Co, H, W, ks};
+    parallel_for(pool_conv_grad_range, &a, Co, threads);
+}
+
+/* ----------------------------------------------------------------------------------- a whole SimpleNet chunk */
+#define MAX_CONVS 8
+
+/* Everything one chunk of images needs, set up once per (thread, chunk size, gradient slot) by know/lanes.py:
+ * conv blocks [Conv(ks, 'same') -> ReLU -> MaxPool2], then fc -> ReLU -> head, cross-entropy per member. */
+struct plan {
+    int n_conv, b, k, total, hidden, classes, features;
+    int ci[MAX_CONVS], co[MAX_CONVS], h[MAX_CONVS], w[MAX_CONVS], ks[MAX_CONVS];
+    const float *wt[MAX_CONVS], *bias[MAX_CONVS], *wflip[MAX_CONVS];
+    float *x[MAX_CONVS + 1]; /* x[i]: padded input of conv i; x[n_conv]: the last pooled map = the fc input */
+    float *z[MAX_CONVS], *dz[MAX_CONVS], *da[MAX_CONVS], *dw[MAX_CONVS], *db[MAX_CONVS];
+    const float *fc_w, *fc_b, *fc_wt, *head_w, *head_b, *head_wt;
+    float *fc_out, *act, *logits, *dlogits, *dact, *dfeats, *fc_dw, *fc_db, *head_dw, *head_db;
+};
+
+static int pad_of(const struct plan *p, int i) { return i < p->n_conv ? p->ks[i] / 2 : 0; }
+
+/* x[0] interior <- src[m * member_stride + i * image_stride + (c, y, x)] for lanes m < k (a member stride of 0
+ * broadcasts one image to every member). */
+static void stage(const struct plan *p, const float *src, long member_stride, long image_stride) {
+    const int C = p->ci[0], H = p->h[0], W = p->w[0], pd = pad_of(p, 0), Hp = H + 2 * pd, Wp = W + 2 * pd;
+    for (int i = 0; i < p->b; i++)
+        for (int c = 0; c < C; c++)
+            for (int y = 0; y < H; y++)
+                for (int x = 0; x < W; x++) {
+                    float *dst = p->x[0] + ((((size_t)i * C + c) * Hp + y + pd) * Wp + x + pd) * LANES;
+                    const float *s = src + i * image_stride + ((size_t)c * H + y) * W + x;
+                    for (int m = 0; m < p->k; m++) dst[m] = s[m * member_stride];
+                }
+}
+
+static void forward(const struct plan *p) {
+    for (int i = 0; i < p->n_conv; i++) {
+        conv_forward(p->x[i], p->wt[i], p->bias[i], p->z[i], p->b, p->ci[i], p->co[i], p->h[i], p->w[i], p->ks[i], 1);
+        relu_pool_forward(p->z[i], p->x[i + 1], p->b * p->co[i], p->h[i], p->w[i], pad_of(p, i + 1), 1);
+    }
+    conv_forward(p->x[p->n_conv], p->fc_w, p->fc_b, p->fc_out, p->b, p->features, p->hidden, 1, 1, 1, 1);
+    const vf zero = {0};
+    for (size_t j = 0; j < (size_t)p->b * p->hidden; j++) st(p->act + j * LANES, vmax(ld(p->fc_out + j * LANES), zero));
+    conv_forward(p->act, p->head_w, p->head_b, p->logits, p->b, p->hidden, p->classes, 1, 1, 1, 1);
+}
+
+/* Logits of the staged images: (b, classes, LANES). */
+void plan_forward(const struct plan *p, const float *src, long member_stride, long image_stride) {
+    stage(p, src, member_stride, image_stride);
+    forward(p);
+}
+
+/* Forward and backward of one chunk: weight gradients into the plan's slot, the summed cross-entropy of each member
+ * into loss[LANES]; gradients are those of the mean loss over `total` images (the whole batch). */
+void plan_train(const struct plan *p, const float *src, long member_stride, long image_stride, const long *labels,
+                long label_stride, float *loss) {
+    stage(p, src, member_stride, image_stride);
+    forward(p);
+    const int nc = p->classes;
+    for (int m = 0; m < LANES; m++) loss[m] = 0;
+    for (int i = 0; i < p->b; i++)
+        for (int m = 0; m < p->k; m++) {
+            const float *l = p->logits + (size_t)i * nc * LANES + m;
+            float *d = p->dlogits + (size_t)i * nc * LANES + m;
+            const long y = labels[m * label_stride + i];
+            float mx = l[0];
+            for (int c = 1; c < nc; c++) mx = l[c * LANES] > mx ? l[c * LANES] : mx;
+            double sum = 0;
+            for (int c = 0; c < nc; c++) sum += exp((double)(l[c * LANES] - mx));
+            loss[m] += (float)(log(sum) - (double)(l[y * LANES] - mx));
+            for (int c = 0; c < nc; c++)
+                d[c * LANES] = (float)((exp((double)(l[c * LANES] - mx)) / sum - (c == y)) / p->total);
+        }
+    conv_weight_grad(p->act, p->dlogits, p->head_dw, p->head_db, p->b, p->hidden, nc, 1, 1, 1, 1);
+    conv_forward(p->dlogits, p->head_wt, NULL, p->dact, p->b, nc, p->hidden, 1, 1, 1, 1);
+    const vf zero = {0};
+    for (size_t j = 0; j < (size_t)p->b * p->hidden; j++) /* ReLU */
+        st(p->dact + j * LANES, vsel((vi)(ld(p->act + j * LANES) > zero), ld(p->dact + j * LANES)));
+    conv_weight_grad(p->x[p->n_conv], p->dact, p->fc_dw, p->fc_db, p->b, p->features, p->hidden, 1, 1, 1, 1);
+    conv_forward(p->dact, p->fc_wt, NULL, p->dfeats, p->b, p->hidden, p->features, 1, 1, 1, 1);
+    const float *g = p->dfeats; /* = the gradient of the last pooled map */
+    for (int i = p->n_conv - 1; i >= 0; i--) {
+        const int b = p->b, ci = p->ci[i], co = p->co[i], h = p->h[i], w = p->w[i], ks = p->ks[i];
+        if (i == 0) { /* no input gradient needed: the largest gradient of the net is never written out */
+            relu_pool_conv_weight_grad(p->z[0], g, p->x[0], p->dw[0], p->db[0], b, ci, co, h, w, ks, 1);
+            break;
+        }
+        relu_pool_backward(p->z[i], g, p->dz[i], b * co, h, w, ks / 2, 1);
+        conv_weight_grad(p->x[i], p->dz[i], p->dw[i], p->db[i], b, ci, co, h, w, ks, 1);
+        conv_forward(p->dz[i], p->wflip[i], NULL, p->da[i], b, co, ci, h, w, ks, 1);
+        g = p->da[i];
+    }
+}

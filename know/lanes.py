@@ -1,0 +1,247 @@
+"""The "lanes" stack backend: K <= 16 SimpleNets trained at once with member k in SIMD lane k (CPU only).
+
+Every tensor keeps the member axis innermost, (..., 16), so one 16-float vector holds one value of all members and
+the convolutions become plain element-wise vector arithmetic (know/csrc/lanes.c). oneDNN's grouped convolutions are
+slow at SimpleNet's channel counts (8-32 per member); these kernels are not (benchmarks/collect_speed.py).
+
+The C file is compiled on first use with the system C compiler (`$CC`, else cc/gcc/clang; -O3 -march=native), once
+per machine, see `know.native`. Without a compiler, or with $KNOW_CKERNEL=0, `library()` is None and stacks use the
+"wide" backend.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from know import native
+
+SOURCE = Path(__file__).parent / "csrc" / "lanes.c"
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-lm"]
+TRAIN_CHUNK = 4  # images per forward + backward pass (one thread's share of work at a time) ...
+MAX_CHUNKS = 16  # ... but at most this many chunks per batch: each has its own gradient slot
+EVAL_CHUNK = 16  # images per forward pass in logits()
+
+
+MAX_CONVS = 8  # as in lanes.c
+_I, _P = ctypes.c_int, ctypes.c_void_p
+
+
+class _Plan(ctypes.Structure):
+    """`struct plan` of lanes.c: the shapes and buffer addresses of one chunk's forward and backward."""
+    _fields_ = ([(n, _I) for n in ("n_conv", "b", "k", "total", "hidden", "classes", "features")]
+                + [(n, _I * MAX_CONVS) for n in ("ci", "co", "h", "w", "ks")]
+                + [(n, _P * MAX_CONVS) for n in ("wt", "bias", "wflip")] + [("x", _P * (MAX_CONVS + 1))]
+                + [(n, _P * MAX_CONVS) for n in ("z", "dz", "da", "dw", "db")]
+                + [(n, _P) for n in ("fc_w", "fc_b", "fc_wt", "head_w", "head_b", "head_wt", "fc_out", "act",
+                                     "logits", "dlogits", "dact", "dfeats", "fc_dw", "fc_db", "head_dw", "head_db")])
+
+
+@lru_cache(maxsize=None)
+def library() -> ctypes.CDLL | None:
+    """The compiled lane kernels, or None (with a warning when a compiler is missing or the build fails)."""
+    lib = native.build("lanes", SOURCE.read_text(), "c", FLAGS, "stacked training uses the slower 'wide' backend")
+    if lib is None:
+        return None
+    lib.plan_forward.argtypes = [ctypes.POINTER(_Plan), ctypes.c_void_p, ctypes.c_long, ctypes.c_long]
+    lib.plan_train.argtypes = [ctypes.POINTER(_Plan), ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
+                               ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
+    lib.plan_forward.restype = lib.plan_train.restype = None
+    return lib
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    if t is None:
+        return None
+    assert t.dtype == torch.float32 and t.is_contiguous() and t.device.type == "cpu", "lane kernels need CPU float32"
+    return t.data_ptr()
+
+
+def _layers(template: nn.Module) -> tuple[list[nn.Conv2d], nn.Linear, nn.Linear] | None:
+    """SimpleNet's shape: features = [Conv2d('same', stride 1), ReLU, MaxPool2d(2)] * n, then fc, ReLU, head."""
+    from know.models.simplenet import SimpleNet
+
+    if type(template) is not SimpleNet:
+        return None
+    mods = list(template.features)
+    convs = mods[0::3]
+    for conv, relu, pool in zip(mods[0::3], mods[1::3], mods[2::3]):
+        ks = conv.kernel_size[0]
+        if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (ks, ks) and ks % 2 == 1 and ks <= 5
+                and conv.stride == (1, 1) and conv.padding == (ks // 2, ks // 2) and conv.dilation == (1, 1)
+                and conv.groups == 1 and conv.padding_mode == "zeros" and isinstance(relu, nn.ReLU)
+                and isinstance(pool, nn.MaxPool2d) and pool.kernel_size in (2, (2, 2))
+                and pool.stride in (2, (2, 2)) and pool.padding in (0, (0, 0)) and pool.dilation in (1, (1, 1))
+                and not pool.ceil_mode):
+            return None
+    ok = len(mods) % 3 == 0 and 0 < len(convs) <= MAX_CONVS
+    return (convs, template.fc, template.head) if ok else None
+
+
+class _Workspace:
+    """One thread's activations: persistent, zero-initialised buffers whose padded borders stay zero (kernels write
+    interiors only), so a step allocates nothing; and the plans that point into them, one per chunk shape."""
+
+    def __init__(self, lanes: int):
+        self.lanes, self.buffers, self.plans = lanes, {}, {}
+
+    def buf(self, key: str, *shape: int) -> Tensor:
+        full = (key, *shape)
+        if full not in self.buffers:
+            self.buffers[full] = torch.zeros(*shape, self.lanes)
+        return self.buffers[full]
+
+
+class LaneNet:
+    """K <= 16 SimpleNets in lane layout. `params` {name: (K, *shape)} are views of the lane storage: update them in
+    place. `loss_and_grads` returns gradients that are views of buffers the next call overwrites.
+
+    A step cuts the batch into chunks of TRAIN_CHUNK images (more for large batches) that `threads` Python threads take in turn as they
+    finish, each with its own workspace; a chunk is one C call (`plan_train`, which releases the GIL), so a slower
+    core simply takes fewer. Each chunk writes its own gradient slot and the slots are summed in chunk order: the
+    result does not depend on which thread took which chunk."""
+
+    def __init__(self, template: nn.Module, k: int, lib: ctypes.CDLL, threads: int | None = None):
+        convs, fc, head = _layers(template)
+        self.lib, self.k, self.lanes = lib, k, lib.lanes()
+        if k > self.lanes:
+            raise ValueError(f"at most {self.lanes} members per lane stack, got {k}")
+        module_name = {id(m): n for n, m in template.named_modules()}
+        self.convs = [module_name[id(c)] for c in convs]
+        self.fc, self.head = module_name[id(fc)], module_name[id(head)]
+        self.ks = [c.kernel_size[0] for c in convs]
+        self.store = {n: torch.zeros(*p.shape, self.lanes) for n, p in template.named_parameters()}
+        self.params = {n: s[..., :k].movedim(-1, 0) for n, s in self.store.items()}
+        # the input-gradient weights: convolutions flipped and transposed, Linear layers transposed
+        self.flipped = {n: torch.zeros_like(self._weight(n).transpose(0, 1)).contiguous()
+                        for n in (*self.convs[1:], self.fc, self.head)}
+        self.threads = threads or torch.get_num_threads()
+        self.workspaces = [_Workspace(self.lanes) for _ in range(self.threads)]
+        self.slots: list[dict[str, Tensor]] = []  # per-chunk weight gradients, (*shape, 16)
+        self.grads = {n: s[..., :k].movedim(-1, 0) for n, s in self._slot(0).items()}
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    @classmethod
+    def build(cls, template: nn.Module, k: int) -> LaneNet | None:
+        """A LaneNet for `template`, or None when the kernels are missing or the model has another shape."""
+        lib = library()
+        if lib is None or _layers(template) is None or k > lib.lanes():
+            return None
+        return cls(template, k, lib)
+
+    def _weight(self, name: str) -> Tensor:
+        return self.store[name + ".weight"]
+
+    def _slot(self, i: int) -> dict[str, Tensor]:
+        while len(self.slots) <= i:
+            self.slots.append({n: torch.zeros_like(s) for n, s in self.store.items()})
+        return self.slots[i]
+
+    def _plan(self, ws: _Workspace, b: int, shape: tuple[int, int, int], total: int, slot: int | None) -> _Plan:
+        """The plan of a chunk of b images of `shape` (C, H, W) in `ws`, gradients into slot `slot` (None: forward
+        only). Built once per key; it holds addresses of persistent tensors only."""
+        key = (b, shape, total, slot)
+        if key in ws.plans:
+            return ws.plans[key]
+        p = _Plan(n_conv=len(self.convs), b=b, k=self.k, total=total)
+        grads = self.slots[slot] if slot is not None else None
+
+        def grad(name: str) -> int | None:
+            return _ptr(grads[name]) if grads else None
+
+        c, h, w = shape
+        for i, name in enumerate(self.convs):
+            co, ci, ks = self._weight(name).shape[:3]
+            pad = ks // 2
+            p.ci[i], p.co[i], p.h[i], p.w[i], p.ks[i] = ci, co, h, w, ks
+            p.wt[i], p.bias[i] = _ptr(self._weight(name)), _ptr(self.store[name + ".bias"])
+            p.wflip[i] = _ptr(self.flipped[name]) if i > 0 else None
+            if i == 0:
+                p.x[0] = _ptr(ws.buf("x0", b, ci, h + 2 * pad, w + 2 * pad))
+            p.z[i] = _ptr(ws.buf(f"z{i}", b, co, h, w))
+            p.dz[i] = _ptr(ws.buf(f"dz{i}", b, co, h + 2 * pad, w + 2 * pad)) if i > 0 else None
+            p.da[i] = _ptr(ws.buf(f"da{i}", b, ci, h, w)) if i > 0 else None
+            p.dw[i], p.db[i] = grad(name + ".weight"), grad(name + ".bias")
+            h, w = h // 2, w // 2
+            nxt = self.ks[i + 1] // 2 if i + 1 < len(self.convs) else 0
+            p.x[i + 1] = _ptr(ws.buf(f"x{i + 1}", b, co, h + 2 * nxt, w + 2 * nxt))
+        p.features, p.hidden, p.classes = co * h * w, self._weight(self.fc).shape[0], self._weight(self.head).shape[0]
+        p.fc_w, p.fc_b, p.fc_wt = (_ptr(t) for t in (self._weight(self.fc), self.store[self.fc + ".bias"],
+                                                      self.flipped[self.fc]))
+        p.head_w, p.head_b, p.head_wt = (_ptr(t) for t in (self._weight(self.head), self.store[self.head + ".bias"],
+                                                            self.flipped[self.head]))
+        for field, width in (("fc_out", p.hidden), ("act", p.hidden), ("dact", p.hidden), ("logits", p.classes),
+                             ("dlogits", p.classes), ("dfeats", p.features)):
+            setattr(p, field, _ptr(ws.buf(field, b, width)))
+        p.fc_dw, p.fc_db = grad(self.fc + ".weight"), grad(self.fc + ".bias")
+        p.head_dw, p.head_db = grad(self.head + ".weight"), grad(self.head + ".bias")
+        ws.plans[key] = p
+        return p
+
+    def _chunked(self, n: int, size: int, fn) -> list:
+        """[fn(workspace, i, chunk slice) for each chunk of range(n)], the chunks taken by the threads in turn."""
+        chunks = list(enumerate(slice(a, min(a + size, n)) for a in range(0, n, size)))
+        todo, lock, results = iter(chunks), threading.Lock(), [None] * len(chunks)
+
+        def worker(ws: _Workspace) -> None:
+            while True:
+                with lock:
+                    i, sl = next(todo, (None, None))
+                if i is None:
+                    return
+                results[i] = fn(ws, i, sl)
+
+        workers = min(self.threads, len(chunks))
+        if workers <= 1:
+            worker(self.workspaces[0])
+        else:
+            list(self._pool.map(worker, self.workspaces[:workers]))
+        return results
+
+    @torch.no_grad()
+    def logits(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) shared input -> (K, B, classes)."""
+        x = x.float().contiguous()
+        image = x[0].numel()
+
+        def chunk(ws: _Workspace, i: int, sl: slice) -> Tensor:
+            b = sl.stop - sl.start
+            plan = self._plan(ws, b, tuple(x.shape[1:]), 0, None)
+            self.lib.plan_forward(plan, x.data_ptr() + sl.start * image * 4, 0, image)
+            out = ws.buf("logits", b, plan.classes)
+            return out[..., :self.k].permute(2, 0, 1).clone()
+
+        return torch.cat(self._chunked(x.shape[0], EVAL_CHUNK, chunk), 1)
+
+    @torch.no_grad()
+    def loss_and_grads(self, xs: Tensor, ys: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-member inputs (K, B, C, H, W) and labels (K, B) -> mean loss (K,) and gradients {name: (K, ...)}."""
+        xs, ys = xs.float().contiguous(), ys.long().contiguous()
+        total, image = xs.shape[1], xs[0, 0].numel()
+        for n in self.convs[1:]:
+            self.flipped[n].copy_(self._weight(n).flip(2, 3).transpose(0, 1))
+        for n in (self.fc, self.head):
+            self.flipped[n].copy_(self._weight(n).transpose(0, 1))
+        size = max(TRAIN_CHUNK, -(-total // MAX_CHUNKS))
+        for i in range(-(-total // size)):
+            self._slot(i)  # allocated here, not by two threads at once
+
+        def chunk(ws: _Workspace, i: int, sl: slice) -> Tensor:
+            loss = torch.zeros(self.lanes)
+            plan = self._plan(ws, sl.stop - sl.start, tuple(xs.shape[2:]), total, i)
+            self.lib.plan_train(plan, xs.data_ptr() + sl.start * image * 4, total * image, image,
+                                ys.data_ptr() + sl.start * 8, total, loss.data_ptr())
+            return loss[:self.k]
+
+        losses = self._chunked(total, size, chunk)
+        grads = self.slots[0]
+        for slot in self.slots[1:len(losses)]:  # in chunk order: deterministic
+            for n, g in grads.items():
+                g += slot[n]
+        return sum(losses) / total, self.grads
+

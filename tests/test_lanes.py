@@ -1,0 +1,107 @@
+"""The lanes backend: hand-written C kernels for K SimpleNets at once (know/lanes.py, know/csrc/lanes.c)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from know import lanes
+from know.data import Augment
+from know.models import create_model
+from know.train import Stack
+
+
+def _nets(k, in_chans, side, seed=0):
+    torch.manual_seed(seed)
+    return [create_model("simplenet", num_classes=7, in_chans=in_chans, img_size=side) for _ in range(k)]
+
+
+@pytest.fixture(scope="module")
+def lib():
+    built = lanes.library()
+    assert built is not None, "the lane kernels did not build: is a C compiler installed?"
+    return built
+
+
+@pytest.mark.parametrize("k,in_chans,side,batch", [(16, 1, 32, 19), (5, 3, 28, 9)])
+def test_gradients_match_autograd(lib, k, in_chans, side, batch):
+    """Every member's loss and gradients equal its own model's autograd, including padded lanes (K < 16), odd
+    feature maps (28 -> 14 -> 7 -> 3 -> 1 floors the pools) and a batch that is not a multiple of the chunk."""
+    models = _nets(k, in_chans, side)
+    x, y = torch.randn(k, batch, in_chans, side, side), torch.randint(0, 7, (k, batch))
+    stack = Stack(models[0], [m.state_dict() for m in models], x[0], backend="lanes")
+    assert stack.backend == "lanes"
+    loss, grads = stack.loss_and_grads(x, y)
+    for m, model in enumerate(models):
+        ref = F.cross_entropy(model(x[m]), y[m])
+        ref.backward()
+        torch.testing.assert_close(loss[m], ref.detach(), rtol=1e-5, atol=1e-6)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(grads[name][m], p.grad, rtol=1e-4, atol=1e-7, msg=f"member {m} {name}")
+    logits = stack.logits(x[0])
+    for m, model in enumerate(models):
+        torch.testing.assert_close(logits[m], model(x[0]).detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_max_pool_ties_route_to_the_first_maximum(lib):
+    """Constant images make every pooling window a tie: the gradient must go where PyTorch sends it."""
+    models = _nets(3, 1, 16)
+    x, y = torch.ones(3, 4, 1, 16, 16), torch.randint(0, 7, (3, 4))
+    stack = Stack(models[0], [m.state_dict() for m in models], x[0], backend="lanes")
+    _, grads = stack.loss_and_grads(x, y)
+    for m, model in enumerate(models):
+        F.cross_entropy(model(x[m]), y[m]).backward()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(grads[name][m], p.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_threads_do_not_change_the_result(lib):
+    """Chunks go to whichever thread is free, but their gradients are summed in chunk order: bitwise the same."""
+    models = _nets(4, 1, 16)
+    x, y = torch.randn(4, 30, 1, 16, 16), torch.randint(0, 7, (4, 30))
+    results = []
+    for threads in (1, 2, 2):
+        net = lanes.LaneNet(models[0], 4, lib, threads=threads)
+        for n, p in net.params.items():
+            p.copy_(torch.stack([m.get_parameter(n).detach() for m in models]))
+        loss, grads = net.loss_and_grads(x, y)
+        results.append((loss.clone(), {n: g.clone() for n, g in grads.items()}))
+    for loss, grads in results[1:]:
+        assert torch.equal(loss, results[0][0])
+        assert all(torch.equal(grads[n], results[0][1][n]) for n in grads)
+
+
+def test_other_models_and_large_stacks_are_not_lanes(lib):
+    models = _nets(17, 1, 16)
+    x = torch.randn(2, 1, 16, 16)
+    assert Stack(models[0], [m.state_dict() for m in models], x).backend == "wide"  # 17 > 16 lanes
+    other = [nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(768, 2))
+             for _ in range(2)]
+    assert lanes.LaneNet.build(other[0], 2) is None
+    with pytest.raises(ValueError, match="lanes backend"):
+        Stack(other[0], [m.state_dict() for m in other], x, backend="lanes")
+
+
+def test_build_is_cached_and_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    lanes.library.cache_clear()
+    try:
+        assert lanes.library() is not None
+        folder = tmp_path / "know" / "kernels"
+        built = sorted(p.name for p in folder.iterdir())
+        assert len(built) == 1 and built[0].startswith("lanes_")  # the atomic build left no temporary folder
+        lanes.library.cache_clear()
+        assert lanes.library() is not None and sorted(p.name for p in folder.iterdir()) == built  # reused
+        lanes.library.cache_clear()
+        monkeypatch.setenv("KNOW_CKERNEL", "0")
+        assert lanes.library() is None
+        models = _nets(2, 1, 16)
+        assert Stack(models[0], [m.state_dict() for m in models], torch.randn(2, 1, 16, 16)).backend == "wide"
+    finally:
+        lanes.library.cache_clear()
+
+
+def test_augment_many_equals_one_member_at_a_time():
+    xs = [torch.randn(6, 1, 16, 16) for _ in range(3)]
+    one = torch.stack([Augment()(x, torch.Generator().manual_seed(i)) for i, x in enumerate(xs)])
+    many = Augment().many(xs, [torch.Generator().manual_seed(i) for i in range(3)])
+    assert torch.equal(one, many)
