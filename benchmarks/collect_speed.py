@@ -1,14 +1,16 @@
-"""Meta-dataset collection speed: trajectories per hour, stacked (torch.func + vmap) versus one trial at a time.
+"""Meta-dataset collection speed: trajectories per hour, stacked versus one trial at a time.
 
-Both ways train the same trials of one collector group (simplenet on Fashion-MNIST, small sessions so the run
-takes minutes) in the same process: the stacked way trains the whole group in one pass, the one-at-a-time way
-trains the first `--single` trials of that group alone (per-trajectory cost does not depend on the trial's lr).
-Prints both rates, their ratio, and how far a stacked trajectory is from its one-at-a-time twin. Then a
-diagnosis with the profiler on single training steps of the same shape: how much of a one-at-a-time step is
-convolution, and what a convolution costs per member when stacked. Their quotient is the ceiling of any stacking
-that keeps these convolution kernels, even if everything else became free.
+Both ways train the same trials of one collector group (simplenet on Fashion-MNIST, small sessions so a run takes
+seconds) in the same process, alternately `--repeats` times; the best run of each way counts, as in timeit, since
+other load on a shared machine only ever slows a run down. The stacked way trains the whole group in one pass
+(backend auto: the lanes kernels where they build, see know/lanes.py); the one-at-a-time way trains the first
+`--single` trials of that group alone (per-trajectory cost does not depend on the trial's lr). Prints both rates,
+their ratio, and how far a stacked trajectory is from its one-at-a-time twin. Then a diagnosis on single training
+steps of the same shape (random data): a step alone, and per member of a stack with each backend; for the wide
+backend (oneDNN grouped convolutions) also the convolutions' share, whose quotient with a step alone caps any
+stacking that keeps them.
 
-    .venv/bin/python benchmarks/collect_speed.py [--images 4000] [--group-size 16] [--single 4] [--threads 2]
+    .venv/bin/python benchmarks/collect_speed.py [--images 4000] [--group-size 16] [--single 4] [--repeats 3]
 """
 from __future__ import annotations
 
@@ -30,10 +32,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--single", type=int, default=4, help="trials trained one at a time")
     p.add_argument("--eval-images", type=int, default=500, help="test images per accuracy check")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="alternating runs of both ways; the best counts (default 3)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--backend", default="auto", help="stacked backend: auto | wide | vmap")
+    p.add_argument("--backend", default="auto", help="stacked backend: auto | lanes | wide | vmap")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-diagnosis", action="store_true", help="skip the convolution-share diagnosis")
+    p.add_argument("--no-diagnosis", action="store_true", help="skip the per-step diagnosis")
     return p.parse_args(argv)
 
 
@@ -57,7 +60,7 @@ def _profile_ms(step, repeats: int) -> tuple[float, float]:
 
 
 def diagnose(fc, k: int, in_chans: int, side: int, repeats: int = 10) -> dict:
-    """Convolution share of one training step alone and stacked (K members), same batch size, random data."""
+    """ms per training step alone and per member of a K-stack (wide with its convolutions, lanes), random data."""
     import torch.nn.functional as F
     from know.train import Stack, StackedAdam, fast_layout, make_optimizer, seeded_model
 
@@ -75,16 +78,31 @@ def diagnose(fc, k: int, in_chans: int, side: int, repeats: int = 10) -> dict:
         loss.backward()
         opt.step()
 
-    stack = Stack(model(0), [model(m).state_dict() for m in range(k)], x[0, :2])
-    sopt = StackedAdam(stack.params, torch.full((k,), 1e-3))
+    def stacked_step(backend):
+        stack = Stack(model(0), [model(m).state_dict() for m in range(k)], x[0, :2], backend)
+        sopt = StackedAdam(stack.params, torch.full((k,), 1e-3))
+        return lambda: sopt.step(stack.params, stack.loss_and_grads(x, y)[1])
 
-    def stacked_step():
-        sopt.step(stack.params, stack.loss_and_grads(x, y)[1])
+    wide_step = stacked_step("wide")
+    out = {"single_ms": _timed_ms(single_step, repeats * 4), "wide_ms": _timed_ms(wide_step, repeats) / k,
+           "single_conv_ms": _profile_ms(single_step, repeats * 4)[1],
+           "wide_conv_ms": _profile_ms(wide_step, repeats)[1] / k}
+    out["wide_ceiling"] = out["single_ms"] / out["wide_conv_ms"]
+    try:
+        out["lanes_ms"] = _timed_ms(stacked_step("lanes"), repeats) / k
+    except ValueError:  # no C compiler: the lanes backend is unavailable
+        pass
+    return out
 
-    one, one_conv = _profile_ms(single_step, repeats * 4)
-    many, many_conv = _profile_ms(stacked_step, repeats)
-    return {"single_ms": one, "single_conv_ms": one_conv, "stacked_ms": many / k, "stacked_conv_ms": many_conv / k,
-            "ceiling": one / (many_conv / k), "backend": stack.backend}
+
+def _timed_ms(step, repeats: int) -> float:
+    """Wall ms per call of `step` after two warm-up calls."""
+    for _ in range(2):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - t0) / repeats * 1e3
 
 
 def main(argv=None) -> dict:
@@ -103,36 +121,46 @@ def main(argv=None) -> dict:
           f"batch {fc.batch_size}, backend {args.backend}, {args.threads} threads, device {args.device}, "
           f"load avg {os.getloadavg()[0]:.1f}")
     data = get_dataset(args.dataset, "train", size=fc.size)  # load (and cache) the raw data outside the timings
+    walls, cpus = {"stacked": [], "single": []}, {"stacked": [], "single": []}
     with tempfile.TemporaryDirectory() as d:
-        t0, c0 = time.perf_counter(), time.process_time()
-        stacked_paths = collect_group(cfg, 0, f"{d}/stacked", progress=False)
-        t_stacked, c_stacked = time.perf_counter() - t0, time.process_time() - c0
-        t0, c0 = time.perf_counter(), time.process_time()
-        single_paths = [collect_one(cfg, i, f"{d}/single", progress=False) for i in range(args.single)]
-        t_single, c_single = time.perf_counter() - t0, time.process_time() - c0
+        for r in range(args.repeats):  # alternated, so a noisy neighbour hits both ways alike
+            for way, run in (("stacked", lambda: collect_group(cfg, 0, f"{d}/stacked{r}", progress=False)),
+                             ("single", lambda: [collect_one(cfg, i, f"{d}/single{r}", progress=False)
+                                                 for i in range(args.single)])):
+                t0, c0 = time.perf_counter(), time.process_time()
+                paths = run()
+                walls[way].append(time.perf_counter() - t0)
+                cpus[way].append(time.process_time() - c0)
+                if way == "stacked":
+                    stacked_paths = paths
+                else:
+                    single_paths = paths
+            print(f"run {r + 1}/{args.repeats}: stacked x{len(stacked_paths)} {walls['stacked'][-1]:6.1f} s wall "
+                  f"({cpus['stacked'][-1]:5.1f} s CPU), one at a time x{args.single} {walls['single'][-1]:6.1f} s "
+                  f"wall ({cpus['single'][-1]:5.1f} s CPU), load avg {os.getloadavg()[0]:.1f}")
         a, b = Trajectory.load(stacked_paths[0]), Trajectory.load(single_paths[0])
         diff = max(float((a.params[n] - b.params[n]).abs().max()) for n in a.params)
         acc_a, acc_b = a.meta["test_acc"][-1], b.meta["test_acc"][-1]
-    stacked = len(stacked_paths) / t_stacked * 3600
-    single = args.single / t_single * 3600
-    cpu_ratio = (len(stacked_paths) / c_stacked) / (args.single / c_single)
-    print(f"stacked x{len(stacked_paths)}: {t_stacked:7.1f} s wall ({c_stacked:6.1f} s CPU) -> "
-          f"{stacked:8.0f} trajectories/hour")
-    print(f"one at a time x{args.single}: {t_single:7.1f} s wall ({c_single:6.1f} s CPU) -> "
-          f"{single:8.0f} trajectories/hour")
-    print(f"ratio stacked / one-at-a-time: {stacked / single:.2f}x wall, {cpu_ratio:.2f}x CPU time "
-          f"(load avg now {os.getloadavg()[0]:.1f}; CPU time is the fairer measure on a shared machine)")
+    # best of the repeats (as timeit does): the run least disturbed by other load on the machine
+    stacked = len(stacked_paths) / min(walls["stacked"]) * 3600
+    single = args.single / min(walls["single"]) * 3600
+    cpu_ratio = (len(stacked_paths) / min(cpus["stacked"])) / (args.single / min(cpus["single"]))
+    print(f"stacked x{len(stacked_paths)}: best {min(walls['stacked']):7.1f} s wall -> {stacked:8.0f} trajectories/hour")
+    print(f"one at a time x{args.single}: best {min(walls['single']):7.1f} s wall -> {single:8.0f} trajectories/hour")
+    print(f"ratio stacked / one-at-a-time: {stacked / single:.2f}x wall (best of {args.repeats}), {cpu_ratio:.2f}x "
+          f"CPU time (one-at-a-time CPU time includes oneDNN's threads spinning)")
     print(f"trial 0 stacked vs alone: max |Δw| {diff:.2e}, smallest-session test acc {acc_a:.4f} vs {acc_b:.4f}")
     out = {"stacked_per_hour": stacked, "single_per_hour": single, "ratio": stacked / single,
-           "cpu_ratio": cpu_ratio, "max_diff": diff}
+           "cpu_ratio": cpu_ratio, "max_diff": diff, "walls": walls}
     if not args.no_diagnosis:
         d = diagnose(fc, args.group_size, data.shape[0], data.shape[-1])
-        print(f"diagnosis, one training step at batch {fc.batch_size} (profiler, random data): alone "
-              f"{d['single_ms']:.2f} ms, of which convolutions {d['single_conv_ms']:.2f} ms "
-              f"({100 * d['single_conv_ms'] / d['single_ms']:.0f} %); stacked x{args.group_size} ({d['backend']}) "
-              f"{d['stacked_ms']:.2f} ms per member, of which convolutions {d['stacked_conv_ms']:.2f} ms")
-        print(f"ceiling of stacking with these convolution kernels (everything else free): "
-              f"{d['ceiling']:.2f}x per step")
+        print(f"diagnosis, one training step at batch {fc.batch_size} (random data, wall time; convolutions from the "
+              f"profiler): alone {d['single_ms']:.2f} ms (convolutions {d['single_conv_ms']:.2f}); per member of a "
+              f"x{args.group_size} stack: wide {d['wide_ms']:.2f} ms (convolutions {d['wide_conv_ms']:.2f})"
+              + (f", lanes {d['lanes_ms']:.2f} ms" if "lanes_ms" in d else ", lanes unavailable"))
+        print(f"ceiling of the wide backend, whose grouped convolutions alone cost "
+              f"{d['wide_conv_ms']:.2f} ms per member: {d['wide_ceiling']:.2f}x per step"
+              + (f"; lanes step ratio: {d['single_ms'] / d['lanes_ms']:.2f}x" if "lanes_ms" in d else ""))
         out.update(diagnosis=d)
     return out
 

@@ -296,12 +296,19 @@ def get_dataset(name: str, split: str = "train", root: str | os.PathLike | None 
 
     channels: 1 or 3 to force the channel count (None keeps the dataset's); size: target side length (None keeps it).
     download: None = try when CIFAR is missing unless KNOW_OFFLINE=1; False = never.
+    The last few sets loaded stay in memory, so a process that trains many runs on one dataset (the collector one
+    trial at a time, say) prepares it once; their tensors are shared: never modify them in place.
     """
     if name not in DATASETS:
         raise UnknownName(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not '{split}'")
-    root = str(data_root(root))
+    return _prepared(name, split, str(data_root(root)), channels, size, download, str(torch.device(device)))
+
+
+@functools.lru_cache(maxsize=4)
+def _prepared(name: str, split: str, root: str, channels: int | None, size: int | None, download: bool | None,
+              device: str) -> ImageSet:
     images, labels, num_classes = _raw(name, split, root, download)
     train_images = images if split == "train" else _raw(name, "train", root, download)[0]
     mean = adapt(train_images, channels, size).to(torch.float32).mean(0) / 255  # per-pixel train mean

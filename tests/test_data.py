@@ -88,6 +88,13 @@ def test_convention_per_pixel_mean_subtracted():
     assert torch.equal(te.mean, tr.mean)  # test uses the train mean
 
 
+def test_prepared_sets_are_kept_per_setting():
+    a, b = data.get_dataset("debug", "train"), data.get_dataset("debug", "train", size=32, device="cpu")
+    assert a is b  # the same call in other words: prepared once per process
+    c = data.get_dataset("debug", "train", size=16)
+    assert c is not a and c.x.shape[-1] == 16
+
+
 def test_digits_and_mnist5k_load_real_data():
     d = data.get_dataset("digits", "train", channels=3)
     assert d.x.shape[1:] == (3, 32, 32) and d.num_classes == 10 and len(d) == 1438
