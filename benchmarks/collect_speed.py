@@ -145,7 +145,8 @@ def main(argv=None) -> dict:
     stacked = len(stacked_paths) / min(walls["stacked"]) * 3600
     single = args.single / min(walls["single"]) * 3600
     cpu_ratio = (len(stacked_paths) / min(cpus["stacked"])) / (args.single / min(cpus["single"]))
-    print(f"stacked x{len(stacked_paths)}: best {min(walls['stacked']):7.1f} s wall -> {stacked:8.0f} trajectories/hour")
+    print(f"stacked x{len(stacked_paths)}: best {min(walls['stacked']):7.1f} s wall -> "
+          f"{stacked:8.0f} trajectories/hour")
     print(f"one at a time x{args.single}: best {min(walls['single']):7.1f} s wall -> {single:8.0f} trajectories/hour")
     print(f"ratio stacked / one-at-a-time: {stacked / single:.2f}x wall (best of {args.repeats}), {cpu_ratio:.2f}x "
           f"CPU time (one-at-a-time CPU time includes oneDNN's threads spinning)")

@@ -24,8 +24,8 @@ K stacked members fit in memory. Job arrays: one task per group (`collect_group(
 finished trial files are skipped, so reruns resume.
 
 Measured on the 2-core test machine (benchmarks/collect_speed.py, simplenet, Fashion-MNIST, |D0| = 4000, batch 56):
-see the README's benchmark table (lanes: 2.7x the trajectories per hour of one at a time, 3.6x per training step;
-grouped convolutions alone reach about 2x).
+see the README's benchmark table (lanes: 2.7x the trajectories per hour of one at a time, 3.6-4.2x per training
+step; grouped convolutions alone reach about 2x).
 """
 from __future__ import annotations
 

@@ -22,12 +22,10 @@ from torch import Tensor, nn
 from know import native
 
 SOURCE = Path(__file__).parent / "csrc" / "lanes.c"
-FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-pthread", "-lm"]
+FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-lm"]
 TRAIN_CHUNK = 4  # images per forward + backward pass (one thread's share of work at a time) ...
 MAX_CHUNKS = 16  # ... but at most this many chunks per batch: each has its own gradient slot
 EVAL_CHUNK = 16  # images per forward pass in logits()
-
-
 MAX_CONVS = 8  # as in lanes.c
 _I, _P = ctypes.c_int, ctypes.c_void_p
 
@@ -101,10 +99,10 @@ class LaneNet:
     """K <= 16 SimpleNets in lane layout. `params` {name: (K, *shape)} are views of the lane storage: update them in
     place. `loss_and_grads` returns gradients that are views of buffers the next call overwrites.
 
-    A step cuts the batch into chunks of TRAIN_CHUNK images (more for large batches) that `threads` Python threads take in turn as they
-    finish, each with its own workspace; a chunk is one C call (`plan_train`, which releases the GIL), so a slower
-    core simply takes fewer. Each chunk writes its own gradient slot and the slots are summed in chunk order: the
-    result does not depend on which thread took which chunk."""
+    A step cuts the batch into chunks of TRAIN_CHUNK images (more for large batches) that `threads` Python threads
+    take in turn as they finish, each with its own workspace; a chunk is one C call (`plan_train`, which releases
+    the GIL), so a slower core simply takes fewer. Each chunk writes its own gradient slot and the slots are summed
+    in chunk order: the result does not depend on which thread took which chunk."""
 
     def __init__(self, template: nn.Module, k: int, lib: ctypes.CDLL, threads: int | None = None):
         convs, fc, head = _layers(template)
@@ -163,7 +161,7 @@ class LaneNet:
             p.wflip[i] = _ptr(self.flipped[name]) if i > 0 else None
             if i == 0:
                 p.x[0] = _ptr(ws.buf("x0", b, ci, h + 2 * pad, w + 2 * pad))
-            p.z[i] = _ptr(ws.buf(f"z{i}", b, co, h, w))
+            p.z[i] = _ptr(ws.buf(f"z{i}", b if i > 0 else 1, co, h, w))  # the first layer's: one image
             p.dz[i] = _ptr(ws.buf(f"dz{i}", b, co, h + 2 * pad, w + 2 * pad)) if i > 0 else None
             p.da[i] = _ptr(ws.buf(f"da{i}", b, ci, h, w)) if i > 0 else None
             p.dw[i], p.db[i] = grad(name + ".weight"), grad(name + ".bias")

@@ -6,8 +6,10 @@
  *
  * Layouts (float32, contiguous):  activations (B, C, H + 2p, W + 2p, LANES) with a zero border p = ks / 2 where a
  * convolution reads them; conv weights (Co, Ci, ks, ks, LANES); biases (Co, LANES).
+ *
+ * Entry points: plan_train (forward and backward of one chunk of images) and plan_forward (logits), each a single
+ * call per chunk, single-threaded; know/lanes.py runs chunks on several threads, one workspace each.
  */
-#include <pthread.h>
 #include <stddef.h>
 #include <math.h>
 #include <string.h>
@@ -15,7 +17,6 @@
 #define LANES 16
 #define XB 8 /* output pixels per register block */
 #define COB 4 /* at most this many output channels per register block (COB x XB / 2 accumulators) */
-#define MAX_THREADS 64
 #define MAX_KS 5 /* odd kernel sizes up to this */
 
 typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
@@ -27,35 +28,6 @@ static inline vf vmax(vf a, vf b) { vi m = (vi)(a > b); return (vf)(((vi)a & m) 
 static inline vf vsel(vi m, vf a) { return (vf)((vi)a & m); }
 
 int lanes(void) { return LANES; }
-int max_kernel_size(void) { return MAX_KS; }
-
-/* ------------------------------------------------------------------------------------------------ threads */
-typedef void (*range_fn)(const void *args, int lo, int hi);
-struct chunk { range_fn fn; const void *args; int lo, hi; };
-
-static void *run_chunk(void *p) {
-    struct chunk *c = p;
-    c->fn(c->args, c->lo, c->hi);
-    return NULL;
-}
-
-/* fn(args, lo, hi) over [0, n) split into `threads` contiguous chunks; the caller runs the first one. */
-static void parallel_for(range_fn fn, const void *args, int n, int threads) {
-    if (threads > n) threads = n;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads <= 1) { fn(args, 0, n); return; }
-    pthread_t th[MAX_THREADS];
-    struct chunk ch[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int t = 0; t < threads; t++) ch[t] = (struct chunk){fn, args, (int)((long)n * t / threads),
-                                                              (int)((long)n * (t + 1) / threads)};
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&th[t], NULL, run_chunk, &ch[t]) == 0;
-    run_chunk(&ch[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(th[t], NULL);
-        else run_chunk(&ch[t]); /* no thread to be had: do it here */
-    }
-}
 
 /* ------------------------------------------------------------------------------- convolution, stride 1, 'same' */
 struct conv { const float *in, *w, *b; float *out; int B, Ci, Co, H, W, ks; };
@@ -123,10 +95,10 @@ static void conv_range(const void *p, int lo, int hi) {
 
 /* out (B, Co, H, W) = conv(in (B, Ci, H + ks - 1, W + ks - 1), w (Co, Ci, ks, ks)) + b (Co) [b may be NULL].
  * The input gradient is this same call on the padded output gradient with the weights flipped and transposed. */
-void conv_forward(const float *in, const float *w, const float *b, float *out, int B, int Ci, int Co, int H, int W,
-                  int ks, int threads) {
+static void conv_forward(const float *in, const float *w, const float *b, float *out, int B, int Ci, int Co, int H,
+                         int W, int ks) {
     const struct conv a = {in, w, b, out, B, Ci, Co, H, W, ks};
-    parallel_for(conv_range, &a, B, threads);
+    conv_range(&a, 0, B);
 }
 
 struct conv_grad { const float *in, *dout; float *dw, *db; int B, Ci, Co, H, W, ks; };
@@ -210,11 +182,11 @@ static void conv_grad_range(const void *p, int lo, int hi) {
 }
 
 /* dw (Co, Ci, ks, ks) and db (Co) [may be NULL] from the padded input and the padded output gradient
- * (B, Co, H + ks - 1, W + ks - 1). Threads split the output channels, so no two write the same gradient. */
-void conv_weight_grad(const float *in, const float *dout, float *dw, float *db, int B, int Ci, int Co, int H, int W,
-                      int ks, int threads) {
+ * (B, Co, H + ks - 1, W + ks - 1). */
+static void conv_weight_grad(const float *in, const float *dout, float *dw, float *db, int B, int Ci, int Co, int H,
+                             int W, int ks) {
     const struct conv_grad a = {in, dout, dw, db, B, Ci, Co, H, W, ks};
-    parallel_for(conv_grad_range, &a, Co, threads);
+    conv_grad_range(&a, 0, Co);
 }
 
 /* ------------------------------------------------------------------------ ReLU then 2x2 max-pool, stride 2 */
@@ -237,9 +209,9 @@ static void pool_range(const void *p, int lo, int hi) {
 }
 
 /* out (planes, Ho + 2 pad, Wo + 2 pad) interior = maxpool2(relu(z (planes, H, W))); the border is not touched. */
-void relu_pool_forward(const float *z, float *out, int planes, int H, int W, int pad, int threads) {
+static void relu_pool_forward(const float *z, float *out, int planes, int H, int W, int pad) {
     const struct pool a = {z, NULL, out, planes, H, W, pad};
-    parallel_for(pool_range, &a, planes, threads);
+    pool_range(&a, 0, planes);
 }
 
 static void pool_grad_range(const void *p, int lo, int hi) {
@@ -274,13 +246,27 @@ static void pool_grad_range(const void *p, int lo, int hi) {
 
 /* dz (planes, H + 2 pad, W + 2 pad) interior = the gradient of relu_pool_forward at z, given its output gradient
  * g (planes, Ho, Wo); the border is not touched (keep it zero for the convolution gradients that read dz). */
-void relu_pool_backward(const float *z, const float *g, float *dz, int planes, int H, int W, int pad, int threads) {
+static void relu_pool_backward(const float *z, const float *g, float *dz, int planes, int H, int W, int pad) {
     const struct pool a = {z, g, dz, planes, H, W, pad};
-    parallel_for(pool_grad_range, &a, planes, threads);
+    pool_grad_range(&a, 0, planes);
 }
 
-/* ------------------------------------------- the first layer: ReLU-pool backward fused with the weight gradient */
-struct pool_conv_grad { const float *z, *g, *in; float *dw, *db; int B, Ci, Co, H, W, ks; };
+/* ------------------------------------------------------------------ the first layer, one image at a time
+ * The first conv output is the largest tensor of the net (Co x H x W per image at full resolution) and the first
+ * layer needs no input gradient, so it is never stored for the whole chunk: the forward pools each image's output
+ * from a one-image scratch that stays in L2, and the backward recomputes it there (cheap: few input channels) and
+ * takes the weight gradient straight from the pool's output gradient. */
+
+/* out (B, Co, H/2 + 2 pad, W/2 + 2 pad) interior = maxpool2(relu(conv(in) + b)); scratch: (Co, H, W). */
+static void conv_pool_forward(const float *in, const float *w, const float *b, float *scratch, float *out, int B,
+                              int Ci, int Co, int H, int W, int ks, int pad) {
+    const size_t in_image = (size_t)Ci * (H + ks - 1) * (W + ks - 1) * LANES;
+    const size_t out_image = (size_t)Co * (H / 2 + 2 * pad) * (W / 2 + 2 * pad) * LANES;
+    for (int bb = 0; bb < B; bb++) {
+        conv_forward(in + bb * in_image, w, b, scratch, 1, Ci, Co, H, W, ks);
+        relu_pool_forward(scratch, out + bb * out_image, Co, H, W, pad);
+    }
+}
 
 /* The 2x2 window at pooled (y, x) of plane z (H, W): the output gradient gv routed to the first maximum, if > 0. */
 static inline void window_grads(const float *z, const float *g, int W, int Wo, int y, int x, vf d[4]) {
@@ -294,51 +280,49 @@ static inline void window_grads(const float *z, const float *g, int W, int Wo, i
     d[0] = vsel(t00, gv); d[1] = vsel(t01, gv); d[2] = vsel(t10, gv); d[3] = vsel(~(t00 | t01 | t10), gv);
 }
 
-static inline __attribute__((always_inline)) void pool_conv_grad_channels(const struct pool_conv_grad *a, int lo,
-                                                                          int hi, int ks) {
-    const int H = a->H, W = a->W, Ho = H / 2, Wo = W / 2, Wp = W + ks - 1, Hp = H + ks - 1, kk = ks * ks;
-    for (int co = lo; co < hi; co++) {
-        vf db = {0};
-        for (int ci = 0; ci < a->Ci; ci++) {
-            float *dw = a->dw + (size_t)(co * a->Ci + ci) * kk * LANES;
-            vf acc[MAX_KS * MAX_KS];
-            for (int t = 0; t < kk; t++) acc[t] = (vf){0};
-            for (int bb = 0; bb < a->B; bb++) {
-                const float *z = a->z + (size_t)(bb * a->Co + co) * H * W * LANES;
-                const float *g = a->g + (size_t)(bb * a->Co + co) * Ho * Wo * LANES;
-                const float *in = a->in + (size_t)(bb * a->Ci + ci) * Hp * Wp * LANES;
+static inline __attribute__((always_inline)) void pool_conv_grad(const float *in, const float *w, const float *b,
+                                                                 const float *g, float *scratch, float *dw,
+                                                                 float *db, int B, int Ci, int Co, int H, int W,
+                                                                 int ks) {
+    const int Ho = H / 2, Wo = W / 2, Wp = W + ks - 1, Hp = H + ks - 1, kk = ks * ks;
+    memset(dw, 0, sizeof(float) * Co * Ci * kk * LANES);
+    if (db) memset(db, 0, sizeof(float) * Co * LANES);
+    for (int bb = 0; bb < B; bb++) {
+        const float *in_b = in + (size_t)bb * Ci * Hp * Wp * LANES;
+        conv_forward(in_b, w, b, scratch, 1, Ci, Co, H, W, ks); /* this image's conv output, recomputed */
+        for (int co = 0; co < Co; co++) {
+            const float *z = scratch + (size_t)co * H * W * LANES;
+            const float *g_b = g + (size_t)(bb * Co + co) * Ho * Wo * LANES;
+            vf dbias = {0};
+            for (int ci = 0; ci < Ci; ci++) {
+                const float *in_c = in_b + (size_t)ci * Hp * Wp * LANES;
+                float *dw_c = dw + (size_t)(co * Ci + ci) * kk * LANES;
+                vf acc[MAX_KS * MAX_KS];
+                for (int t = 0; t < kk; t++) acc[t] = ld(dw_c + t * LANES);
                 for (int y = 0; y < Ho; y++)
                     for (int x = 0; x < Wo; x++) {
                         vf d[4];
-                        window_grads(z, g, W, Wo, y, x, d);
-                        if (ci == 0) db += d[0] + d[1] + d[2] + d[3];
+                        window_grads(z, g_b, W, Wo, y, x, d);
+                        if (ci == 0) dbias += d[0] + d[1] + d[2] + d[3];
                         for (int q = 0; q < 4; q++) {
-                            const float *base = in + ((size_t)(2 * y + q / 2) * Wp + 2 * x + q % 2) * LANES;
+                            const float *base = in_c + ((size_t)(2 * y + q / 2) * Wp + 2 * x + q % 2) * LANES;
                             for (int dy = 0; dy < ks; dy++)
                                 for (int dx = 0; dx < ks; dx++)
                                     acc[dy * ks + dx] += d[q] * ld(base + ((size_t)dy * Wp + dx) * LANES);
                         }
                     }
+                for (int t = 0; t < kk; t++) st(dw_c + t * LANES, acc[t]);
             }
-            for (int t = 0; t < kk; t++) st(dw + t * LANES, acc[t]);
+            if (db) st(db + (size_t)co * LANES, ld(db + (size_t)co * LANES) + dbias);
         }
-        if (a->db) st(a->db + (size_t)co * LANES, db);
     }
 }
 
-static void pool_conv_grad_range(const void *p, int lo, int hi) {
-    const struct pool_conv_grad *a = p;
-    if (a->ks == 3) pool_conv_grad_channels(a, lo, hi, 3);
-    else pool_conv_grad_channels(a, lo, hi, a->ks);
-}
-
-/* conv_weight_grad of the layer whose output z went through relu_pool_forward, straight from that pool's output
- * gradient g (B, Co, H/2, W/2): the (B, Co, H, W) gradient of z is never written out. For the first layer, which
- * needs no input gradient; its z is the largest tensor of the net. */
-void relu_pool_conv_weight_grad(const float *z, const float *g, const float *in, float *dw, float *db, int B, int Ci,
-                                int Co, int H, int W, int ks, int threads) {
-    const struct pool_conv_grad a = {z, g, in, dw, db, B, Ci, Co, H, W, ks};
-    parallel_for(pool_conv_grad_range, &a, Co, threads);
+/* dw (Co, Ci, ks, ks) and db (Co) of the first layer from the pool's output gradient g (B, Co, H/2, W/2). */
+static void pool_conv_weight_grad(const float *in, const float *w, const float *b, const float *g, float *scratch,
+                                  float *dw, float *db, int B, int Ci, int Co, int H, int W, int ks) {
+    if (ks == 3) pool_conv_grad(in, w, b, g, scratch, dw, db, B, Ci, Co, H, W, 3);
+    else pool_conv_grad(in, w, b, g, scratch, dw, db, B, Ci, Co, H, W, ks);
 }
 
 /* ----------------------------------------------------------------------------------- a whole SimpleNet chunk */
@@ -351,7 +335,8 @@ struct plan {
     int ci[MAX_CONVS], co[MAX_CONVS], h[MAX_CONVS], w[MAX_CONVS], ks[MAX_CONVS];
     const float *wt[MAX_CONVS], *bias[MAX_CONVS], *wflip[MAX_CONVS];
     float *x[MAX_CONVS + 1]; /* x[i]: padded input of conv i; x[n_conv]: the last pooled map = the fc input */
-    float *z[MAX_CONVS], *dz[MAX_CONVS], *da[MAX_CONVS], *dw[MAX_CONVS], *db[MAX_CONVS];
+    float *z[MAX_CONVS]; /* conv outputs; z[0] holds one image's only (a scratch, see conv_pool_forward) */
+    float *dz[MAX_CONVS], *da[MAX_CONVS], *dw[MAX_CONVS], *db[MAX_CONVS];
     const float *fc_w, *fc_b, *fc_wt, *head_w, *head_b, *head_wt;
     float *fc_out, *act, *logits, *dlogits, *dact, *dfeats, *fc_dw, *fc_db, *head_dw, *head_db;
 };
@@ -373,14 +358,16 @@ static void stage(const struct plan *p, const float *src, long member_stride, lo
 }
 
 static void forward(const struct plan *p) {
-    for (int i = 0; i < p->n_conv; i++) {
-        conv_forward(p->x[i], p->wt[i], p->bias[i], p->z[i], p->b, p->ci[i], p->co[i], p->h[i], p->w[i], p->ks[i], 1);
-        relu_pool_forward(p->z[i], p->x[i + 1], p->b * p->co[i], p->h[i], p->w[i], pad_of(p, i + 1), 1);
+    conv_pool_forward(p->x[0], p->wt[0], p->bias[0], p->z[0], p->x[1], p->b, p->ci[0], p->co[0], p->h[0], p->w[0],
+                      p->ks[0], pad_of(p, 1));
+    for (int i = 1; i < p->n_conv; i++) {
+        conv_forward(p->x[i], p->wt[i], p->bias[i], p->z[i], p->b, p->ci[i], p->co[i], p->h[i], p->w[i], p->ks[i]);
+        relu_pool_forward(p->z[i], p->x[i + 1], p->b * p->co[i], p->h[i], p->w[i], pad_of(p, i + 1));
     }
-    conv_forward(p->x[p->n_conv], p->fc_w, p->fc_b, p->fc_out, p->b, p->features, p->hidden, 1, 1, 1, 1);
+    conv_forward(p->x[p->n_conv], p->fc_w, p->fc_b, p->fc_out, p->b, p->features, p->hidden, 1, 1, 1);
     const vf zero = {0};
     for (size_t j = 0; j < (size_t)p->b * p->hidden; j++) st(p->act + j * LANES, vmax(ld(p->fc_out + j * LANES), zero));
-    conv_forward(p->act, p->head_w, p->head_b, p->logits, p->b, p->hidden, p->classes, 1, 1, 1, 1);
+    conv_forward(p->act, p->head_w, p->head_b, p->logits, p->b, p->hidden, p->classes, 1, 1, 1);
 }
 
 /* Logits of the staged images: (b, classes, LANES). */
@@ -410,23 +397,23 @@ void plan_train(const struct plan *p, const float *src, long member_stride, long
             for (int c = 0; c < nc; c++)
                 d[c * LANES] = (float)((exp((double)(l[c * LANES] - mx)) / sum - (c == y)) / p->total);
         }
-    conv_weight_grad(p->act, p->dlogits, p->head_dw, p->head_db, p->b, p->hidden, nc, 1, 1, 1, 1);
-    conv_forward(p->dlogits, p->head_wt, NULL, p->dact, p->b, nc, p->hidden, 1, 1, 1, 1);
+    conv_weight_grad(p->act, p->dlogits, p->head_dw, p->head_db, p->b, p->hidden, nc, 1, 1, 1);
+    conv_forward(p->dlogits, p->head_wt, NULL, p->dact, p->b, nc, p->hidden, 1, 1, 1);
     const vf zero = {0};
     for (size_t j = 0; j < (size_t)p->b * p->hidden; j++) /* ReLU */
         st(p->dact + j * LANES, vsel((vi)(ld(p->act + j * LANES) > zero), ld(p->dact + j * LANES)));
-    conv_weight_grad(p->x[p->n_conv], p->dact, p->fc_dw, p->fc_db, p->b, p->features, p->hidden, 1, 1, 1, 1);
-    conv_forward(p->dact, p->fc_wt, NULL, p->dfeats, p->b, p->hidden, p->features, 1, 1, 1, 1);
+    conv_weight_grad(p->x[p->n_conv], p->dact, p->fc_dw, p->fc_db, p->b, p->features, p->hidden, 1, 1, 1);
+    conv_forward(p->dact, p->fc_wt, NULL, p->dfeats, p->b, p->hidden, p->features, 1, 1, 1);
     const float *g = p->dfeats; /* = the gradient of the last pooled map */
     for (int i = p->n_conv - 1; i >= 0; i--) {
         const int b = p->b, ci = p->ci[i], co = p->co[i], h = p->h[i], w = p->w[i], ks = p->ks[i];
-        if (i == 0) { /* no input gradient needed: the largest gradient of the net is never written out */
-            relu_pool_conv_weight_grad(p->z[0], g, p->x[0], p->dw[0], p->db[0], b, ci, co, h, w, ks, 1);
+        if (i == 0) { /* no input gradient needed; its conv output is recomputed image by image */
+            pool_conv_weight_grad(p->x[0], p->wt[0], p->bias[0], g, p->z[0], p->dw[0], p->db[0], b, ci, co, h, w, ks);
             break;
         }
-        relu_pool_backward(p->z[i], g, p->dz[i], b * co, h, w, ks / 2, 1);
-        conv_weight_grad(p->x[i], p->dz[i], p->dw[i], p->db[i], b, ci, co, h, w, ks, 1);
-        conv_forward(p->dz[i], p->wflip[i], NULL, p->da[i], b, co, ci, h, w, ks, 1);
+        relu_pool_backward(p->z[i], g, p->dz[i], b * co, h, w, ks / 2);
+        conv_weight_grad(p->x[i], p->dz[i], p->dw[i], p->db[i], b, ci, co, h, w, ks);
+        conv_forward(p->dz[i], p->wflip[i], NULL, p->da[i], b, co, ci, h, w, ks);
         g = p->da[i];
     }
 }
