@@ -18,10 +18,11 @@ The collector (`collect`, `collect_group`, `collect_one`, `know collect`) sample
 architectures x datasets. Trials come in groups of `group_size` that share architecture, dataset, rate and batch
 size (our choice) and differ in lr and seed (init, subsets, batch order, augmentation), so a group trains in one
 stacked pass (`forget_stacked`; SimpleNets with member k in SIMD lane k by C kernels, other nets as grouped
-convolutions or torch.func + vmap, see `know.train.Stack`) that equals one-at-a-time training to float rounding. Each trial's marginal distribution is the official one; within a group
-rate and batch size are shared, not independent. The batch-size upper end is capped at `batch_max` (1024, ours) so
-K stacked members fit in memory. Job arrays: one task per group (`collect_group(cfg, g, out)`, g < num_groups(cfg));
-finished trial files are skipped, so reruns resume.
+convolutions or torch.func + vmap, see `know.train.Stack`) that equals one-at-a-time training to float rounding.
+Each trial's marginal distribution is the official one; within a group rate and batch size are shared, not
+independent. The batch-size upper end is capped at `batch_max` (1024, ours) so K stacked members fit in memory.
+Job arrays: one task per group (`collect_group(cfg, g, out)`, g < num_groups(cfg)); finished trial files are
+skipped, so reruns resume.
 
 Measured on the 2-core test machine (benchmarks/collect_speed.py, simplenet, Fashion-MNIST, |D0| = 4000, batch 56):
 see the README's benchmark table (lanes: 2.7x the trajectories per hour of one at a time, 3.6-4.2x per training
