@@ -81,6 +81,15 @@ def test_other_models_and_large_stacks_are_not_lanes(lib):
         Stack(other[0], [m.state_dict() for m in other], x, backend="lanes")
 
 
+def test_a_lane_twin_that_disagrees_is_not_used(lib, monkeypatch):
+    monkeypatch.setattr(lanes.LaneNet, "logits", lambda self, x: torch.zeros(self.k, x.shape[0], 7))
+    models = _nets(2, 1, 16)
+    stack = Stack(models[0], [m.state_dict() for m in models], torch.randn(2, 1, 16, 16))
+    assert stack.backend == "wide"
+    for name, p in models[1].named_parameters():
+        assert torch.equal(stack.member(1)[name], p.detach())
+
+
 def test_build_is_cached_and_can_be_turned_off(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     lanes.library.cache_clear()
