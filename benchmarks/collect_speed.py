@@ -62,7 +62,7 @@ def _profile_ms(step, repeats: int) -> tuple[float, float]:
 def diagnose(fc, k: int, in_chans: int, side: int, repeats: int = 10) -> dict:
     """ms per training step alone and per member of a K-stack (wide with its convolutions, lanes), random data."""
     import torch.nn.functional as F
-    from know.train import Stack, StackedAdam, fast_layout, make_optimizer, seeded_model
+    from know.train import Stack, fast_layout, make_optimizer, seeded_model
 
     def model(seed):
         return fast_layout(seeded_model(fc.model, seed, 10, in_chans, side))
@@ -80,7 +80,7 @@ def diagnose(fc, k: int, in_chans: int, side: int, repeats: int = 10) -> dict:
 
     def stacked_step(backend):
         stack = Stack(model(0), [model(m).state_dict() for m in range(k)], x[0, :2], backend)
-        sopt = StackedAdam(stack.params, torch.full((k,), 1e-3))
+        sopt = stack.optimizer(torch.full((k,), 1e-3))
         return lambda: sopt.step(stack.params, stack.loss_and_grads(x, y)[1])
 
     wide_step = stacked_step("wide")

@@ -25,8 +25,8 @@ Job arrays: one task per group (`collect_group(cfg, g, out)`, g < num_groups(cfg
 skipped, so reruns resume.
 
 Measured on the 2-core test machine (benchmarks/collect_speed.py, simplenet, Fashion-MNIST, |D0| = 4000, batch 56):
-see the README's benchmark table (lanes: 2.7x the trajectories per hour of one at a time, 3.6-4.2x per training
-step; grouped convolutions alone reach about 2x).
+see the README's benchmark table (lanes: about 3x the trajectories per hour of one at a time; grouped convolutions
+alone reach about 2x).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from know.data import Augment, ImageSet, get_dataset, subset_sizes
 from know.errors import KnowError
 from know.jobs import require_writable
 from know.train import (atomic_save, cpu_state, evaluate, evaluate_stacked, fast_layout, generator, make_optimizer,
-                        read_checkpoint, resolve_device, seed_from, seeded_model, Stack, stackable, StackedAdam,
+                        read_checkpoint, resolve_device, seed_from, seeded_model, Stack, stackable,
                         train_epoch, train_epoch_stacked, weight_distance)
 from know.trajectory import Trajectory
 
@@ -269,7 +269,7 @@ def forget_stacked(cfgs: list[ForgetCfg], progress: bool = True, backend: str = 
     aug = Augment() if c0.augment else None
 
     def run(k: int, epochs: int) -> Tensor:
-        opt, loss = StackedAdam(stack.params, lrs), torch.full((len(cfgs),), float("nan"))  # fresh per session
+        opt, loss = stack.optimizer(lrs), torch.full((len(cfgs),), float("nan"))  # fresh per session
         for e in range(epochs):
             desc = f"stacked x{len(cfgs)} session {k}/{c0.sessions - 1} epoch {e + 1}/{epochs}" if progress else None
             gens = [generator(c.seed, "session", k, "epoch", e) for c in cfgs]

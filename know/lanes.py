@@ -49,7 +49,8 @@ def library() -> ctypes.CDLL | None:
     lib.plan_forward.argtypes = [ctypes.POINTER(_Plan), ctypes.c_void_p, ctypes.c_long, ctypes.c_long]
     lib.plan_train.argtypes = [ctypes.POINTER(_Plan), ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
                                ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
-    lib.plan_forward.restype = lib.plan_train.restype = None
+    lib.adam_step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_void_p] + [ctypes.c_float] * 6
+    lib.plan_forward.restype = lib.plan_train.restype = lib.adam_step.restype = None
     return lib
 
 
@@ -113,15 +114,21 @@ class LaneNet:
         self.convs = [module_name[id(c)] for c in convs]
         self.fc, self.head = module_name[id(fc)], module_name[id(head)]
         self.ks = [c.kernel_size[0] for c in convs]
-        self.store = {n: torch.zeros(*p.shape, self.lanes) for n, p in template.named_parameters()}
+        # every parameter, gradient slot and moment is a view of one flat (P, 16) tensor: one call updates them all
+        self.shapes = {n: p.shape for n, p in template.named_parameters()}
+        size = sum(s.numel() for s in self.shapes.values())
+        self.flat = torch.zeros(size, self.lanes)
+        self.store = self._views(self.flat)
         self.params = {n: s[..., :k].movedim(-1, 0) for n, s in self.store.items()}
         # the input-gradient weights: convolutions flipped and transposed, Linear layers transposed
         self.flipped = {n: torch.zeros_like(self._weight(n).transpose(0, 1)).contiguous()
                         for n in (*self.convs[1:], self.fc, self.head)}
         self.threads = threads or torch.get_num_threads()
         self.workspaces = [_Workspace(self.lanes) for _ in range(self.threads)]
-        self.slots: list[dict[str, Tensor]] = []  # per-chunk weight gradients, (*shape, 16)
-        self.grads = {n: s[..., :k].movedim(-1, 0) for n, s in self._slot(0).items()}
+        self.slot_flat = torch.zeros(MAX_CHUNKS, size, self.lanes)  # per-chunk weight gradients
+        self.slots = [self._views(flat) for flat in self.slot_flat]
+        self.grad_flat = torch.zeros_like(self.flat)  # their sum
+        self.grads = {n: s[..., :k].movedim(-1, 0) for n, s in self._views(self.grad_flat).items()}
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     @classmethod
@@ -135,10 +142,17 @@ class LaneNet:
     def _weight(self, name: str) -> Tensor:
         return self.store[name + ".weight"]
 
-    def _slot(self, i: int) -> dict[str, Tensor]:
-        while len(self.slots) <= i:
-            self.slots.append({n: torch.zeros_like(s) for n, s in self.store.items()})
-        return self.slots[i]
+    def _views(self, flat: Tensor) -> dict[str, Tensor]:
+        """{name: (*shape, 16)} views of a flat (P, 16) tensor, in parameter order."""
+        views, start = {}, 0
+        for n, shape in self.shapes.items():
+            views[n] = flat[start:start + shape.numel()].view(*shape, self.lanes)
+            start += shape.numel()
+        return views
+
+    def adam(self, lrs: Tensor) -> LaneAdam:
+        """Adam for the members, one learning rate each (`know.train.StackedAdam`'s arithmetic)."""
+        return LaneAdam(self, lrs)
 
     def _plan(self, ws: _Workspace, b: int, shape: tuple[int, int, int], total: int, slot: int | None) -> _Plan:
         """The plan of a chunk of b images of `shape` (C, H, W) in `ws`, gradients into slot `slot` (None: forward
@@ -226,8 +240,6 @@ class LaneNet:
         for n in (self.fc, self.head):
             self.flipped[n].copy_(self._weight(n).transpose(0, 1))
         size = max(TRAIN_CHUNK, -(-total // MAX_CHUNKS))
-        for i in range(-(-total // size)):
-            self._slot(i)  # allocated here, not by two threads at once
 
         def chunk(ws: _Workspace, i: int, sl: slice) -> Tensor:
             loss = torch.zeros(self.lanes)
@@ -237,9 +249,28 @@ class LaneNet:
             return loss[:self.k]
 
         losses = self._chunked(total, size, chunk)
-        grads = self.slots[0]
-        for slot in self.slots[1:len(losses)]:  # in chunk order: deterministic
-            for n, g in grads.items():
-                g += slot[n]
+        torch.sum(self.slot_flat[:len(losses)], 0, out=self.grad_flat)  # in chunk order: deterministic
         return sum(losses) / total, self.grads
 
+
+
+class LaneAdam:
+    """`know.train.StackedAdam` for a LaneNet: the same arithmetic, one C call over the flat lane storage."""
+
+    def __init__(self, net: LaneNet, lrs: Tensor):
+        from know.train import ADAM_BETAS, KERAS_ADAM_EPS
+
+        self.net, self.betas, self.eps = net, ADAM_BETAS, KERAS_ADAM_EPS
+        self.lrs = torch.zeros(net.lanes)
+        self.lrs[:net.k] = lrs.float()  # padded lanes get lr 0: their (zero) weights never move
+        self.exp_avg, self.exp_avg_sq, self.t = torch.zeros_like(net.flat), torch.zeros_like(net.flat), 0
+
+    def step(self, params: dict[str, Tensor] | None = None, grads: dict[str, Tensor] | None = None) -> None:
+        """One step with the net's current gradients (`params` and `grads` are accepted for StackedAdam's
+        signature: they are the net's own)."""
+        b1, b2 = self.betas
+        self.t += 1
+        net = self.net
+        net.lib.adam_step(net.flat.data_ptr(), net.grad_flat.data_ptr(), self.exp_avg.data_ptr(),
+                          self.exp_avg_sq.data_ptr(), net.flat.shape[0], self.lrs.data_ptr(), 1 - b1, b2, 1 - b2,
+                          self.eps, 1 - b1 ** self.t, (1 - b2 ** self.t) ** 0.5)

@@ -300,6 +300,10 @@ class Stack:
         fwd = torch.vmap(lambda p, x: torch.func.functional_call(self.template, p, (x,)), in_dims=(0, None))
         return fwd(self.params, x)
 
+    def optimizer(self, lrs: Tensor):
+        """Adam over the members with one learning rate each (K,): `StackedAdam`, or its fused lanes twin."""
+        return self.lanes.adam(lrs) if self.backend == "lanes" else StackedAdam(self.params, lrs)
+
     def logits(self, x: Tensor) -> Tensor:
         """(B, C, H, W) shared input -> (K, B, classes)."""
         if self.backend == "lanes":

@@ -417,3 +417,24 @@ void plan_train(const struct plan *p, const float *src, long member_stride, long
         g = p->da[i];
     }
 }
+
+/* ---------------------------------------------------------------------------------------------------- Adam */
+/* One Adam step over n lane vectors of parameters p with gradients g and moments m, v; lr is per lane (member).
+ * The arithmetic of torch.optim.Adam's single-tensor path: m = lerp(m, g, w1); v = b2 v + w2 g g;
+ * p -= (lr / bc1) m / (sqrt(v) / bc2_sqrt + eps), with w1 = 1 - b1 and w2 = 1 - b2 rounded from double by the
+ * caller as torch rounds its scalars. */
+void adam_step(float *p, const float *g, float *m, float *v, long n, const float *lr, float w1, float b2, float w2,
+               float eps, float bc1, float bc2_sqrt) {
+    vf step = ld(lr);
+    for (int l = 0; l < LANES; l++) step[l] /= bc1;
+    for (long i = 0; i < n; i++) {
+        const vf gi = ld(g + i * LANES), mi = ld(m + i * LANES);
+        const vf m_new = mi + w1 * (gi - mi);
+        const vf v_new = ld(v + i * LANES) * b2 + w2 * gi * gi;
+        vf root;
+        for (int l = 0; l < LANES; l++) root[l] = sqrtf(v_new[l]);
+        st(m + i * LANES, m_new);
+        st(v + i * LANES, v_new);
+        st(p + i * LANES, ld(p + i * LANES) - step * m_new / (root / bc2_sqrt + eps));
+    }
+}
