@@ -373,8 +373,17 @@ class Augment:
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta = torch.stack([torch.stack([cos * zx, -sin * zy, tx], 1),
                              torch.stack([sin * zx, cos * zy, ty], 1)], 1)  # (N, 2, 3) output -> input coords
-        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        grid = _affine_grid(theta.to(x.dtype), x.shape[-2], x.shape[-1])
         return F.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
+
+
+def _affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """F.affine_grid(theta, (N, C, h, w), align_corners=False), the same grid to float rounding: one GEMM of the
+    pixel centres (h w, 3) with all thetas, where affine_grid's batched matmul costs more than the whole warp."""
+    xs = torch.linspace(-1, 1, w, dtype=theta.dtype) * (w - 1) / w  # pixel centres, spaced as affine_grid does
+    ys = torch.linspace(-1, 1, h, dtype=theta.dtype) * (h - 1) / h
+    base = torch.stack([xs.expand(h, w), ys.view(h, 1).expand(h, w), torch.ones(h, w, dtype=theta.dtype)], -1)
+    return torch.einsum("pk,njk->npj", base.view(h * w, 3), theta).view(-1, h, w, 2)
 
 
 

@@ -63,6 +63,14 @@ def test_augment_nearest_keeps_pixel_values_and_zero_range_is_identity():
     assert torch.equal(data.Augment(0, 0, 0)(x, torch.Generator().manual_seed(0)), x)
 
 
+@pytest.mark.parametrize("h,w", [(32, 32), (28, 28), (17, 23)])
+def test_affine_grid_is_torchs(h, w):
+    """The augmentation's grid (one GEMM) is F.affine_grid's (bit for bit on our machines; float rounding allowed)."""
+    theta = torch.randn(64, 2, 3, generator=torch.Generator().manual_seed(0)) * 0.3 + torch.eye(2, 3)
+    ref = torch.nn.functional.affine_grid(theta, [64, 1, h, w], align_corners=False)
+    torch.testing.assert_close(data._affine_grid(theta, h, w), ref, rtol=0, atol=1e-6)
+
+
 def test_adapt_pads_gray_28_to_32_and_upsamples_8():
     img = torch.full((2, 1, 28, 28), 200, dtype=torch.uint8)
     out = data.adapt(img, channels=3, size=32)
