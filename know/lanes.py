@@ -50,7 +50,10 @@ def library() -> ctypes.CDLL | None:
     lib.plan_train.argtypes = [ctypes.POINTER(_Plan), ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
                                ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
     lib.adam_step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_void_p] + [ctypes.c_float] * 6
-    lib.plan_forward.restype = lib.plan_train.restype = lib.adam_step.restype = None
+    lib.flip_transpose.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 3
+    lib.sum_slots.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    for fn in (lib.plan_forward, lib.plan_train, lib.adam_step, lib.flip_transpose, lib.sum_slots):
+        fn.restype = None
     return lib
 
 
@@ -175,7 +178,7 @@ class LaneNet:
             p.wflip[i] = _ptr(self.flipped[name]) if i > 0 else None
             if i == 0:
                 p.x[0] = _ptr(ws.buf("x0", b, ci, h + 2 * pad, w + 2 * pad))
-            p.z[i] = _ptr(ws.buf(f"z{i}", b if i > 0 else 1, co, h, w))  # the first layer's: one image
+            p.z[i] = _ptr(ws.buf(f"z{i}", b, co, h, w)) if i > 0 else None  # the first is pooled in registers
             p.dz[i] = _ptr(ws.buf(f"dz{i}", b, co, h + 2 * pad, w + 2 * pad)) if i > 0 else None
             p.da[i] = _ptr(ws.buf(f"da{i}", b, ci, h, w)) if i > 0 else None
             p.dw[i], p.db[i] = grad(name + ".weight"), grad(name + ".bias")
@@ -194,6 +197,15 @@ class LaneNet:
         p.head_dw, p.head_db = grad(self.head + ".weight"), grad(self.head + ".bias")
         ws.plans[key] = p
         return p
+
+    def split(self, n: int, fn) -> None:
+        """fn(start, count) over `threads` contiguous ranges of range(n) at once (element-wise work)."""
+        bounds = [n * t // self.threads for t in range(self.threads + 1)]
+        ranges = [(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+        if self._pool is None or len(ranges) == 1:
+            fn(*ranges[0])
+        else:
+            list(self._pool.map(lambda r: fn(*r), ranges))
 
     def _chunked(self, n: int, size: int, fn) -> list:
         """[fn(workspace, i, chunk slice) for each chunk of range(n)], the chunks taken by the threads in turn."""
@@ -235,10 +247,10 @@ class LaneNet:
         """Per-member inputs (K, B, C, H, W) and labels (K, B) -> mean loss (K,) and gradients {name: (K, ...)}."""
         xs, ys = xs.float().contiguous(), ys.long().contiguous()
         total, image = xs.shape[1], xs[0, 0].numel()
-        for n in self.convs[1:]:
-            self.flipped[n].copy_(self._weight(n).flip(2, 3).transpose(0, 1))
-        for n in (self.fc, self.head):
-            self.flipped[n].copy_(self._weight(n).transpose(0, 1))
+        for n, out in self.flipped.items():  # convolutions flipped and transposed, Linear layers transposed
+            w = self._weight(n)
+            self.lib.flip_transpose(w.data_ptr(), out.data_ptr(), w.shape[0], w.shape[1],
+                                    w.shape[2] if w.dim() == 5 else 1)
         size = max(TRAIN_CHUNK, -(-total // MAX_CHUNKS))
 
         def chunk(ws: _Workspace, i: int, sl: slice) -> Tensor:
@@ -249,7 +261,9 @@ class LaneNet:
             return loss[:self.k]
 
         losses = self._chunked(total, size, chunk)
-        torch.sum(self.slot_flat[:len(losses)], 0, out=self.grad_flat)  # in chunk order: deterministic
+        stride = self.flat.shape[0]  # vectors per slot; the sum runs in chunk order in every range: deterministic
+        self.split(stride, lambda lo, n: self.lib.sum_slots(
+            self.grad_flat[lo:].data_ptr(), self.slot_flat[0, lo:].data_ptr(), len(losses), stride, n))
         return sum(losses) / total, self.grads
 
 
@@ -271,6 +285,7 @@ class LaneAdam:
         b1, b2 = self.betas
         self.t += 1
         net = self.net
-        net.lib.adam_step(net.flat.data_ptr(), net.grad_flat.data_ptr(), self.exp_avg.data_ptr(),
-                          self.exp_avg_sq.data_ptr(), net.flat.shape[0], self.lrs.data_ptr(), 1 - b1, b2, 1 - b2,
-                          self.eps, 1 - b1 ** self.t, (1 - b2 ** self.t) ** 0.5)
+        net.split(net.flat.shape[0], lambda lo, n: net.lib.adam_step(
+            net.flat[lo:].data_ptr(), net.grad_flat[lo:].data_ptr(), self.exp_avg[lo:].data_ptr(),
+            self.exp_avg_sq[lo:].data_ptr(), n, self.lrs.data_ptr(), 1 - b1, b2, 1 - b2, self.eps, 1 - b1 ** self.t,
+            (1 - b2 ** self.t) ** 0.5))

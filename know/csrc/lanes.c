@@ -251,78 +251,129 @@ static void relu_pool_backward(const float *z, const float *g, float *dz, int pl
     pool_grad_range(&a, 0, planes);
 }
 
-/* ------------------------------------------------------------------ the first layer, one image at a time
+/* ------------------------------------------------------------------ the first layer: conv, ReLU and pool fused
  * The first conv output is the largest tensor of the net (Co x H x W per image at full resolution) and the first
- * layer needs no input gradient, so it is never stored for the whole chunk: the forward pools each image's output
- * from a one-image scratch that stays in L2, and the backward recomputes it there (cheap: few input channels) and
- * takes the weight gradient straight from the pool's output gradient. */
+ * layer needs no input gradient, so it is never stored: each register block computes the conv outputs of two rows
+ * and pools them at once, and the backward recomputes them the same way (cheap: few input channels) and takes the
+ * weight gradient straight from the pool's output gradient. */
 
-/* out (B, Co, H/2 + 2 pad, W/2 + 2 pad) interior = maxpool2(relu(conv(in) + b)); scratch: (Co, H, W). */
-static void conv_pool_forward(const float *in, const float *w, const float *b, float *scratch, float *out, int B,
-                              int Ci, int Co, int H, int W, int ks, int pad) {
-    const size_t in_image = (size_t)Ci * (H + ks - 1) * (W + ks - 1) * LANES;
-    const size_t out_image = (size_t)Co * (H / 2 + 2 * pad) * (W / 2 + 2 * pad) * LANES;
-    for (int bb = 0; bb < B; bb++) {
-        conv_forward(in + bb * in_image, w, b, scratch, 1, Ci, Co, H, W, ks);
-        relu_pool_forward(scratch, out + bb * out_image, Co, H, W, pad);
-    }
-}
-
-/* The 2x2 window at pooled (y, x) of plane z (H, W): the output gradient gv routed to the first maximum, if > 0. */
-static inline void window_grads(const float *z, const float *g, int W, int Wo, int y, int x, vf d[4]) {
-    const vf zero = {0};
-    const size_t i00 = (size_t)(2 * y) * W + 2 * x;
-    const vf v00 = ld(z + i00 * LANES), v01 = ld(z + (i00 + 1) * LANES);
-    const vf v10 = ld(z + (i00 + W) * LANES), v11 = ld(z + (i00 + W + 1) * LANES);
-    const vf m = vmax(vmax(v00, v01), vmax(v10, v11));
-    const vf gv = vsel((vi)(m > zero), ld(g + ((size_t)y * Wo + x) * LANES));
-    const vi t00 = (vi)(v00 == m), t01 = (vi)(v01 == m) & ~t00, t10 = (vi)(v10 == m) & ~t00 & ~t01;
-    d[0] = vsel(t00, gv); d[1] = vsel(t01, gv); d[2] = vsel(t10, gv); d[3] = vsel(~(t00 | t01 | t10), gv);
-}
-
-static inline __attribute__((always_inline)) void pool_conv_grad(const float *in, const float *w, const float *b,
-                                                                 const float *g, float *scratch, float *dw,
-                                                                 float *db, int B, int Ci, int Co, int H, int W,
-                                                                 int ks) {
-    const int Ho = H / 2, Wo = W / 2, Wp = W + ks - 1, Hp = H + ks - 1, kk = ks * ks;
-    memset(dw, 0, sizeof(float) * Co * Ci * kk * LANES);
-    if (db) memset(db, 0, sizeof(float) * Co * LANES);
-    for (int bb = 0; bb < B; bb++) {
-        const float *in_b = in + (size_t)bb * Ci * Hp * Wp * LANES;
-        conv_forward(in_b, w, b, scratch, 1, Ci, Co, H, W, ks); /* this image's conv output, recomputed */
-        for (int co = 0; co < Co; co++) {
-            const float *z = scratch + (size_t)co * H * W * LANES;
-            const float *g_b = g + (size_t)(bb * Co + co) * Ho * Wo * LANES;
-            vf dbias = {0};
-            for (int ci = 0; ci < Ci; ci++) {
-                const float *in_c = in_b + (size_t)ci * Hp * Wp * LANES;
-                float *dw_c = dw + (size_t)(co * Ci + ci) * kk * LANES;
-                vf acc[MAX_KS * MAX_KS];
-                for (int t = 0; t < kk; t++) acc[t] = ld(dw_c + t * LANES);
-                for (int y = 0; y < Ho; y++)
-                    for (int x = 0; x < Wo; x++) {
-                        vf d[4];
-                        window_grads(z, g_b, W, Wo, y, x, d);
-                        if (ci == 0) dbias += d[0] + d[1] + d[2] + d[3];
-                        for (int q = 0; q < 4; q++) {
-                            const float *base = in_c + ((size_t)(2 * y + q / 2) * Wp + 2 * x + q % 2) * LANES;
-                            for (int dy = 0; dy < ks; dy++)
-                                for (int dx = 0; dx < ks; dx++)
-                                    acc[dy * ks + dx] += d[q] * ld(base + ((size_t)dy * Wp + dx) * LANES);
-                        }
-                    }
-                for (int t = 0; t < kk; t++) st(dw_c + t * LANES, acc[t]);
-            }
-            if (db) st(db + (size_t)co * LANES, ld(db + (size_t)co * LANES) + dbias);
+/* acc[o][j] = the conv output (bias included) at row 2 py + o, column x0 + j of output channel co, o < 2, j < n,
+ * for the padded image in_b (Ci, H + ks - 1, W + ks - 1). The same arithmetic in the forward and the backward, so
+ * the recomputed outputs, and with them the pooling's maxima, are bitwise the forward's. */
+static inline __attribute__((always_inline)) void conv_two_rows(const float *in_b, const float *w, const float *b,
+                                                                int Ci, int H, int W, int ks, int co, int py, int x0,
+                                                                int n, vf acc[2][XB]) {
+    const int Wp = W + ks - 1, kk = ks * ks;
+    const vf bias = b ? ld(b + (size_t)co * LANES) : (vf){0};
+    for (int o = 0; o < 2; o++)
+        for (int j = 0; j < n; j++) acc[o][j] = bias;
+    for (int ci = 0; ci < Ci; ci++) {
+        const float *wc = w + ((size_t)co * Ci + ci) * kk * LANES;
+        const float *in_c = in_b + (size_t)ci * (H + ks - 1) * Wp * LANES;
+        for (int r = 0; r <= ks; r++) { /* input rows 2 py + r feed output rows o with dy = r - o */
+            const float *row = in_c + ((size_t)(2 * py + r) * Wp + x0) * LANES;
+            for (int dx = 0; dx < ks; dx++)
+                for (int o = 0; o < 2; o++) {
+                    if (r - o < 0 || r - o >= ks) continue;
+                    const vf wv = ld(wc + ((r - o) * ks + dx) * LANES);
+                    for (int j = 0; j < n; j++) acc[o][j] += wv * ld(row + (size_t)(j + dx) * LANES);
+                }
         }
     }
 }
 
-/* dw (Co, Ci, ks, ks) and db (Co) of the first layer from the pool's output gradient g (B, Co, H/2, W/2). */
-static void pool_conv_weight_grad(const float *in, const float *w, const float *b, const float *g, float *scratch,
-                                  float *dw, float *db, int B, int Ci, int Co, int H, int W, int ks) {
-    if (ks == 3) pool_conv_grad(in, w, b, g, scratch, dw, db, B, Ci, Co, H, W, 3);
-    else pool_conv_grad(in, w, b, g, scratch, dw, db, B, Ci, Co, H, W, ks);
+/* Runs the statements that follow once per column block (x0, n) of a pooled row, n in {XB, 4, 2}, covering
+ * columns 0 .. 2 (W / 2) of the conv output. */
+#define FOR_PAIR_BLOCKS(W, ...)                                                                                      \
+    {                                                                                                               \
+        int x0 = 0;                                                                                                 \
+        for (; x0 + XB <= (W / 2) * 2; x0 += XB) { const int n = XB; __VA_ARGS__ }                                  \
+        if ((W / 2) * 2 - x0 >= 4) { const int n = 4; __VA_ARGS__ x0 += 4; }                                       \
+        if ((W / 2) * 2 - x0 >= 2) { const int n = 2; __VA_ARGS__ }                                                 \
+    }
+
+/* out (B, Co, H/2 + 2 pad, W/2 + 2 pad) interior = maxpool2(relu(conv(in) + b)). */
+static inline __attribute__((always_inline)) void conv_pool(const float *in, const float *w, const float *b,
+                                                            float *out, int B, int Ci, int Co, int H, int W, int ks,
+                                                            int pad) {
+    const int Ho = H / 2, Wo = W / 2, Hop = Ho + 2 * pad, Wop = Wo + 2 * pad;
+    const size_t in_image = (size_t)Ci * (H + ks - 1) * (W + ks - 1) * LANES;
+    const vf zero = {0};
+    for (int bb = 0; bb < B; bb++)
+        for (int co = 0; co < Co; co++)
+            for (int py = 0; py < Ho; py++) {
+                float *out_row = out + (((size_t)(bb * Co + co) * Hop + py + pad) * Wop + pad) * LANES;
+                FOR_PAIR_BLOCKS(W,
+                    vf acc[2][XB];
+                    conv_two_rows(in + bb * in_image, w, b, Ci, H, W, ks, co, py, x0, n, acc);
+                    for (int q = 0; q < n / 2; q++)
+                        st(out_row + (size_t)(x0 / 2 + q) * LANES,
+                           vmax(vmax(vmax(acc[0][2 * q], acc[0][2 * q + 1]), vmax(acc[1][2 * q], acc[1][2 * q + 1])),
+                                zero));
+                )
+            }
+}
+
+static void conv_pool_forward(const float *in, const float *w, const float *b, float *out, int B, int Ci, int Co,
+                              int H, int W, int ks, int pad) {
+    if (ks == 3) conv_pool(in, w, b, out, B, Ci, Co, H, W, 3, pad);
+    else conv_pool(in, w, b, out, B, Ci, Co, H, W, ks, pad);
+}
+
+/* dw (Co, Ci, ks, ks) and db (Co) [may be NULL] of the first layer from the pool's output gradient g (B, Co, H/2,
+ * W/2): each 2x2 window's gradient goes to its first maximum (PyTorch's tie rule), if that is > 0 (ReLU). */
+static inline __attribute__((always_inline)) void pool_conv_grad(const float *in, const float *w, const float *b,
+                                                                 const float *g, float *dw, float *db, int B, int Ci,
+                                                                 int Co, int H, int W, int ks) {
+    const int Ho = H / 2, Wo = W / 2, Wp = W + ks - 1, kk = ks * ks;
+    const size_t in_image = (size_t)Ci * (H + ks - 1) * Wp * LANES;
+    const vf zero = {0};
+    memset(dw, 0, sizeof(float) * Co * Ci * kk * LANES);
+    for (int co = 0; co < Co; co++) {
+        vf dbias = {0};
+        for (int bb = 0; bb < B; bb++)
+            for (int py = 0; py < Ho; py++) {
+                const float *g_row = g + ((size_t)(bb * Co + co) * Ho + py) * Wo * LANES;
+                FOR_PAIR_BLOCKS(W,
+                    vf d[2][XB]; /* the conv outputs, then their gradients */
+                    conv_two_rows(in + bb * in_image, w, b, Ci, H, W, ks, co, py, x0, n, d);
+                    for (int q = 0; q < n / 2; q++) {
+                        const vf v00 = d[0][2 * q], v01 = d[0][2 * q + 1], v10 = d[1][2 * q], v11 = d[1][2 * q + 1];
+                        const vf m = vmax(vmax(v00, v01), vmax(v10, v11));
+                        const vf gv = vsel((vi)(m > zero), ld(g_row + (size_t)(x0 / 2 + q) * LANES));
+                        const vi t00 = (vi)(v00 == m), t01 = (vi)(v01 == m) & ~t00;
+                        const vi t10 = (vi)(v10 == m) & ~t00 & ~t01;
+                        d[0][2 * q] = vsel(t00, gv); d[0][2 * q + 1] = vsel(t01, gv); d[1][2 * q] = vsel(t10, gv);
+                        d[1][2 * q + 1] = vsel(~(t00 | t01 | t10), gv);
+                        dbias += gv;
+                    }
+                    const float *in_b = in + bb * in_image;
+                    for (int ci = 0; ci < Ci; ci++) {
+                        float *dw_c = dw + ((size_t)co * Ci + ci) * kk * LANES;
+                        const float *in_c = in_b + (size_t)ci * (H + ks - 1) * Wp * LANES;
+                        vf acc[MAX_KS * MAX_KS];
+                        for (int t = 0; t < kk; t++) acc[t] = ld(dw_c + t * LANES);
+                        for (int r = 0; r <= ks; r++) {
+                            const float *row = in_c + ((size_t)(2 * py + r) * Wp + x0) * LANES;
+                            for (int dx = 0; dx < ks; dx++)
+                                for (int o = 0; o < 2; o++) {
+                                    if (r - o < 0 || r - o >= ks) continue;
+                                    for (int j = 0; j < n; j++)
+                                        acc[(r - o) * ks + dx] += d[o][j] * ld(row + (size_t)(j + dx) * LANES);
+                                }
+                        }
+                        for (int t = 0; t < kk; t++) st(dw_c + t * LANES, acc[t]);
+                    }
+                )
+            }
+        if (db) st(db + (size_t)co * LANES, dbias);
+    }
+}
+
+static void pool_conv_weight_grad(const float *in, const float *w, const float *b, const float *g, float *dw,
+                                  float *db, int B, int Ci, int Co, int H, int W, int ks) {
+    if (ks == 3) pool_conv_grad(in, w, b, g, dw, db, B, Ci, Co, H, W, 3);
+    else pool_conv_grad(in, w, b, g, dw, db, B, Ci, Co, H, W, ks);
 }
 
 /* ----------------------------------------------------------------------------------- a whole SimpleNet chunk */
@@ -335,7 +386,7 @@ struct plan {
     int ci[MAX_CONVS], co[MAX_CONVS], h[MAX_CONVS], w[MAX_CONVS], ks[MAX_CONVS];
     const float *wt[MAX_CONVS], *bias[MAX_CONVS], *wflip[MAX_CONVS];
     float *x[MAX_CONVS + 1]; /* x[i]: padded input of conv i; x[n_conv]: the last pooled map = the fc input */
-    float *z[MAX_CONVS]; /* conv outputs; z[0] holds one image's only (a scratch, see conv_pool_forward) */
+    float *z[MAX_CONVS]; /* conv outputs (z[0] is never stored, see conv_pool_forward) */
     float *dz[MAX_CONVS], *da[MAX_CONVS], *dw[MAX_CONVS], *db[MAX_CONVS];
     const float *fc_w, *fc_b, *fc_wt, *head_w, *head_b, *head_wt;
     float *fc_out, *act, *logits, *dlogits, *dact, *dfeats, *fc_dw, *fc_db, *head_dw, *head_db;
@@ -358,8 +409,8 @@ static void stage(const struct plan *p, const float *src, long member_stride, lo
 }
 
 static void forward(const struct plan *p) {
-    conv_pool_forward(p->x[0], p->wt[0], p->bias[0], p->z[0], p->x[1], p->b, p->ci[0], p->co[0], p->h[0], p->w[0],
-                      p->ks[0], pad_of(p, 1));
+    conv_pool_forward(p->x[0], p->wt[0], p->bias[0], p->x[1], p->b, p->ci[0], p->co[0], p->h[0], p->w[0], p->ks[0],
+                      pad_of(p, 1));
     for (int i = 1; i < p->n_conv; i++) {
         conv_forward(p->x[i], p->wt[i], p->bias[i], p->z[i], p->b, p->ci[i], p->co[i], p->h[i], p->w[i], p->ks[i]);
         relu_pool_forward(p->z[i], p->x[i + 1], p->b * p->co[i], p->h[i], p->w[i], pad_of(p, i + 1));
@@ -408,13 +459,34 @@ void plan_train(const struct plan *p, const float *src, long member_stride, long
     for (int i = p->n_conv - 1; i >= 0; i--) {
         const int b = p->b, ci = p->ci[i], co = p->co[i], h = p->h[i], w = p->w[i], ks = p->ks[i];
         if (i == 0) { /* no input gradient needed; its conv output is recomputed image by image */
-            pool_conv_weight_grad(p->x[0], p->wt[0], p->bias[0], g, p->z[0], p->dw[0], p->db[0], b, ci, co, h, w, ks);
+            pool_conv_weight_grad(p->x[0], p->wt[0], p->bias[0], g, p->dw[0], p->db[0], b, ci, co, h, w, ks);
             break;
         }
         relu_pool_backward(p->z[i], g, p->dz[i], b * co, h, w, ks / 2);
         conv_weight_grad(p->x[i], p->dz[i], p->dw[i], p->db[i], b, ci, co, h, w, ks);
         conv_forward(p->dz[i], p->wflip[i], NULL, p->da[i], b, co, ci, h, w, ks);
         g = p->da[i];
+    }
+}
+
+/* ------------------------------------------------------------------------------------- per-step helpers */
+/* out (Ci, Co, ks, ks) = w (Co, Ci, ks, ks) flipped in both spatial axes and transposed: the weights of the input
+ * gradient's convolution (ks = 1: a Linear layer's transpose). */
+void flip_transpose(const float *w, float *out, int Co, int Ci, int ks) {
+    const int kk = ks * ks;
+    for (int co = 0; co < Co; co++)
+        for (int ci = 0; ci < Ci; ci++)
+            for (int t = 0; t < kk; t++)
+                st(out + ((size_t)(ci * Co + co) * kk + kk - 1 - t) * LANES, ld(w + ((size_t)(co * Ci + ci) * kk + t) * LANES));
+}
+
+/* out[i] = slots[0][i] + slots[1][i] + ... in slot order (so the sum does not depend on how i is split), for the
+ * n lane vectors of out; slots are `stride` vectors apart. */
+void sum_slots(float *out, const float *slots, int n_slots, long stride, long n) {
+    for (long i = 0; i < n; i++) {
+        vf s = ld(slots + i * LANES);
+        for (int k = 1; k < n_slots; k++) s += ld(slots + ((size_t)k * stride + i) * LANES);
+        st(out + i * LANES, s);
     }
 }
 
