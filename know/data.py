@@ -345,46 +345,86 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None, s
 @dataclass(frozen=True)
 class Augment:
     """Keras ImageDataGenerator(rotation_range=10, width/height_shift_range=0.15, zoom_range=0.3,
-    fill_mode='nearest') as one affine_grid + grid_sample per batch. Zoom factors are drawn independently for x and
-    y in [1 - zoom, 1 + zoom] like Keras; 'nearest' fill = replicate the border."""
+    fill_mode='nearest') as one affine warp per batch (F.grid_sample's nearest sampling with border fill, or its
+    native twin, the same bit for bit). Zoom factors are drawn independently for x and y in [1 - zoom, 1 + zoom]
+    like Keras; 'nearest' fill = replicate the border."""
 
     rotation: float = 10.0  # degrees, uniform in [-rotation, rotation]
     shift: float = 0.15  # fraction of width/height, uniform in [-shift, shift]
     zoom: float = 0.3  # scale in [1 - zoom, 1 + zoom]
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self._apply(x, self._draw(x, generator))
+        return self._apply(x, self._draw(len(x), x.device, generator))
 
     def many(self, xs: list[torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
-        """[self(x, g) for x, g in zip(xs, generators)], stacked, as one grid_sample: each generator draws exactly
-        what it would alone, and the warp acts on each image separately, so the result is the same."""
-        u = torch.cat([self._draw(x, g) for x, g in zip(xs, generators)])
+        """[self(x, g) for x, g in zip(xs, generators)], stacked, as one warp: each generator draws exactly what it
+        would alone, and the warp acts on each image separately, so the result is the same."""
+        u = torch.cat([self._draw(len(x), x.device, g) for x, g in zip(xs, generators)])
         return self._apply(torch.cat(xs), u).view(len(xs), *xs[0].shape)
 
-    @staticmethod
-    def _draw(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        dev = generator.device if generator else "cpu"
-        return torch.rand(x.shape[0], 5, generator=generator, device=dev).to(x.device) * 2 - 1
+    def pick(self, x: torch.Tensor, idxs: list[torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
+        """`many([x[i] for i in idxs], generators)`, (K, B, C, H, W), with the images picked by the warp itself."""
+        u = torch.cat([self._draw(len(i), x.device, g) for i, g in zip(idxs, generators)])
+        return self._apply(x, u, torch.cat(idxs)).view(len(idxs), len(idxs[0]), *x.shape[1:])
 
-    def _apply(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _draw(n: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+        dev = generator.device if generator else "cpu"
+        return torch.rand(n, 5, generator=generator, device=dev).to(device) * 2 - 1
+
+    def _apply(self, x: torch.Tensor, u: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """The warps drawn as u (N, 5) of x[idx] (all of x when idx is None)."""
         angle = u[:, 0] * math.radians(self.rotation)
         tx, ty = u[:, 1] * self.shift * 2, u[:, 2] * self.shift * 2  # grid coords span 2 per image side
         zx, zy = 1 + u[:, 3] * self.zoom, 1 + u[:, 4] * self.zoom
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta = torch.stack([torch.stack([cos * zx, -sin * zy, tx], 1),
                              torch.stack([sin * zx, cos * zy, ty], 1)], 1)  # (N, 2, 3) output -> input coords
-        grid = _affine_grid(theta.to(x.dtype), x.shape[-2], x.shape[-1])
-        return F.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
+        return _warp(x, _affine_grid(theta.to(x.dtype), x.shape[-2], x.shape[-1]), idx)
 
 
 def _affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """F.affine_grid(theta, (N, C, h, w), align_corners=False), the same grid to float rounding: one GEMM of the
     pixel centres (h w, 3) with all thetas, where affine_grid's batched matmul costs more than the whole warp."""
-    xs = torch.linspace(-1, 1, w, dtype=theta.dtype) * (w - 1) / w  # pixel centres, spaced as affine_grid does
-    ys = torch.linspace(-1, 1, h, dtype=theta.dtype) * (h - 1) / h
-    base = torch.stack([xs.expand(h, w), ys.view(h, 1).expand(h, w), torch.ones(h, w, dtype=theta.dtype)], -1)
+    opts = dict(dtype=theta.dtype, device=theta.device)
+    xs = torch.linspace(-1, 1, w, **opts) * (w - 1) / w  # pixel centres, spaced as affine_grid does
+    ys = torch.linspace(-1, 1, h, **opts) * (h - 1) / h
+    base = torch.stack([xs.expand(h, w), ys.view(h, 1).expand(h, w), torch.ones(h, w, **opts)], -1)
     return torch.einsum("pk,njk->npj", base.view(h * w, 3), theta).view(-1, h, w, 2)
 
+
+WARP_SOURCE = Path(__file__).parent / "csrc" / "warp.c"
+
+
+@functools.lru_cache(maxsize=None)
+def _warp_kernel():
+    """know/csrc/warp.c, built on first use (know.native), or None: F.grid_sample then."""
+    import ctypes
+
+    from know import native
+
+    lib = native.build("warp", WARP_SOURCE.read_text(), "c", ["-O3", "-march=native", "-ffp-contract=off",
+                       "-fno-math-errno", "-shared", "-fPIC", "-lm"], "augmentation uses F.grid_sample")
+    if lib is not None:
+        lib.warp_nearest.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] + [ctypes.c_int] * 3
+        lib.warp_nearest.restype = None
+    return lib
+
+
+def _warp(x: torch.Tensor, grid: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """F.grid_sample(x[idx], grid, mode="nearest", padding_mode="border", align_corners=False); on the CPU the
+    native kernel does the same arithmetic (bit for bit, tested) and picks the images itself."""
+    lib = _warp_kernel() if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 else None
+    if lib is None:
+        return F.grid_sample(x if idx is None else x[idx], grid, mode="nearest", padding_mode="border",
+                             align_corners=False)
+    x, grid = x.contiguous(), grid.to(torch.float32).contiguous()
+    idx = torch.arange(len(x)) if idx is None else idx.to("cpu", torch.long).contiguous()
+    if len(idx) and not 0 <= int(idx.min()) <= int(idx.max()) < len(x):
+        raise IndexError(f"image index out of range for {len(x)} images")
+    out = torch.empty(len(idx), *x.shape[1:])
+    lib.warp_nearest(x.data_ptr(), idx.data_ptr(), grid.data_ptr(), out.data_ptr(), len(idx), *x.shape[1:])
+    return out
 
 
 # ---------------------------------------------------------------- CLI

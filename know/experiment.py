@@ -22,7 +22,7 @@ from know.config import ExperimentCfg
 from know.jobs import Runner, Unit, atomic_save, git_commit
 
 # Which source enters each stage's cache key (a change there recomputes that stage and everything after it).
-DATA_CODE = ("know.data", "know.models", "know.train")
+DATA_CODE = ("know.data", "know.csrc.warp", "know.models", "know.train")  # warp.c: the augmentation's kernel
 CODE = {
     "pretrain": DATA_CODE + ("know.forgetting",),
     "forget": DATA_CODE + ("know.forgetting", "know.trajectory"),

@@ -106,13 +106,13 @@ def require_writable(folder: Path, what: str = "folder", fix: str = "choose anot
 
 @functools.lru_cache(maxsize=None)
 def code_hash(modules: tuple[str, ...]) -> str:
-    """Hash of the source of `modules` (e.g. "know.forgetting"); a folder ("know.models", "know.csrc") hashes all
-    its Python and C sources."""
+    """Hash of the source of `modules` (e.g. "know.forgetting", or "know.csrc.warp" for warp.c); a folder
+    ("know.models", "know.csrc") hashes all its Python and C sources."""
     h = hashlib.sha256()
     for mod in sorted(modules):
         path = ROOT.parent.joinpath(*mod.split("."))
         files = sorted(p for p in path.rglob("*") if p.suffix in (".py", ".c")) if path.is_dir() \
-            else [path.with_suffix(".py")]
+            else [path.with_suffix(".py") if path.with_suffix(".py").is_file() else path.with_suffix(".c")]
         for f in files:
             h.update(f.relative_to(ROOT.parent).as_posix().encode())
             h.update(f.read_bytes())

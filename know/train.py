@@ -378,8 +378,7 @@ def train_epoch_stacked(stack: Stack, opt: StackedAdam, data: ImageSet, idxs: li
 
     def batch(step_idx: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:  # one batch per member
         sels = [i[b] for i, b in zip(idxs, step_idx)]
-        xs = [data.x[s] for s in sels]
-        xs = augment.many(xs, gens) if augment is not None else torch.stack(xs)
+        xs = augment.pick(data.x, sels, gens) if augment is not None else torch.stack([data.x[s] for s in sels])
         return xs, torch.stack([data.y[s] for s in sels])
 
     # The next batch is drawn in a second thread while this one trains (its generators are used in the same order)

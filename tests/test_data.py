@@ -71,6 +71,33 @@ def test_affine_grid_is_torchs(h, w):
     torch.testing.assert_close(data._affine_grid(theta, h, w), ref, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("c,h,w", [(1, 32, 32), (3, 17, 23)])
+def test_native_warp_is_grid_sample_bit_for_bit(c, h, w):
+    """The native warp against F.grid_sample: augmentation grids, coordinates exactly on pixel boundaries (ties
+    round half to even), and far outside the image (border fill); images picked by index."""
+    assert data._warp_kernel() is not None, "the warp kernel did not build: is a C compiler installed?"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, c, h, w, generator=g)
+    idx = torch.randint(0, 50, (64,), generator=g)
+    theta = torch.randn(64, 2, 3, generator=g) * 0.3 + torch.eye(2, 3)
+    k = torch.randint(-3, 2 * max(h, w) + 3, (64, h, w), generator=g).float()
+    ties = torch.stack([(k + 0.5) / w * 2 - 1 - 1 / w, (k + 0.5) / h * 2 - 1 - 1 / h], -1)
+    for grid in (data._affine_grid(theta, h, w), ties, torch.rand(64, h, w, 2, generator=g) * 3 - 1.5):
+        ref = torch.nn.functional.grid_sample(x[idx], grid, mode="nearest", padding_mode="border",
+                                              align_corners=False)
+        assert torch.equal(data._warp(x, grid, idx), ref)
+    with pytest.raises(IndexError, match="out of range"):
+        data._warp(x, grid, torch.tensor([50]))
+
+
+def test_augment_pick_equals_many():
+    x = torch.randn(30, 1, 12, 12)
+    idxs = [torch.tensor([3, 1, 4]), torch.tensor([1, 5, 9])]
+    picked = data.Augment().pick(x, idxs, [torch.Generator().manual_seed(i) for i in range(2)])
+    many = data.Augment().many([x[i] for i in idxs], [torch.Generator().manual_seed(i) for i in range(2)])
+    assert picked.shape == (2, 3, 1, 12, 12) and torch.equal(picked, many)
+
+
 def test_adapt_pads_gray_28_to_32_and_upsamples_8():
     img = torch.full((2, 1, 28, 28), 200, dtype=torch.uint8)
     out = data.adapt(img, channels=3, size=32)

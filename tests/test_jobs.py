@@ -70,7 +70,8 @@ def test_code_change_changes_key(tmp_path, monkeypatch):
 
 
 def test_code_hash_covers_c_sources(tmp_path, monkeypatch):
-    """A unit that depends on a folder of C kernels ("know.csrc") is recomputed when a kernel changes."""
+    """A unit that depends on a folder of C kernels ("know.csrc") or one of them ("know.csrc.k" for k.c) is
+    recomputed when the kernel changes."""
     import know.jobs as jobs
 
     kernel = tmp_path / "know" / "csrc" / "k.c"
@@ -78,10 +79,11 @@ def test_code_hash_covers_c_sources(tmp_path, monkeypatch):
     kernel.write_text("int f(void) { return 1; }")
     monkeypatch.setattr(jobs, "ROOT", tmp_path / "know")
     jobs.code_hash.cache_clear()
-    before = jobs.code_hash(("know.csrc",))
+    before = jobs.code_hash(("know.csrc",)), jobs.code_hash(("know.csrc.k",))  # the folder, one file
     kernel.write_text("int f(void) { return 2; }")
     jobs.code_hash.cache_clear()
-    assert jobs.code_hash(("know.csrc",)) != before
+    after = jobs.code_hash(("know.csrc",)), jobs.code_hash(("know.csrc.k",))
+    assert after[0] != before[0] and after[1] != before[1]
     jobs.code_hash.cache_clear()
 
 
