@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 
@@ -148,10 +149,15 @@ def main(argv=None) -> dict:
     print(f"stacked x{len(stacked_paths)}: best {min(walls['stacked']):7.1f} s wall -> "
           f"{stacked:8.0f} trajectories/hour")
     print(f"one at a time x{args.single}: best {min(walls['single']):7.1f} s wall -> {single:8.0f} trajectories/hour")
+    # each run's pair (adjacent in time, so under the same load): how much the ratio itself moves with the load
+    pairs = sorted(len(stacked_paths) / s / (args.single / o) for s, o in zip(walls["stacked"], walls["single"]))
     print(f"ratio stacked / one-at-a-time: {stacked / single:.2f}x wall (best of {args.repeats}), {cpu_ratio:.2f}x "
           f"CPU time (one-at-a-time CPU time includes oneDNN's threads spinning)")
+    print(f"ratio per run (each pair adjacent in time): median {statistics.median(pairs):.2f}x, range "
+          f"{pairs[0]:.2f}-{pairs[-1]:.2f}x")
     print(f"trial 0 stacked vs alone: max |Δw| {diff:.2e}, smallest-session test acc {acc_a:.4f} vs {acc_b:.4f}")
     out = {"stacked_per_hour": stacked, "single_per_hour": single, "ratio": stacked / single,
+           "median_pair_ratio": statistics.median(pairs),
            "cpu_ratio": cpu_ratio, "max_diff": diff, "walls": walls}
     if not args.no_diagnosis:
         d = diagnose(fc, args.group_size, data.shape[0], data.shape[-1])
