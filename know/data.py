@@ -380,17 +380,18 @@ class Augment:
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta = torch.stack([torch.stack([cos * zx, -sin * zy, tx], 1),
                              torch.stack([sin * zx, cos * zy, ty], 1)], 1)  # (N, 2, 3) output -> input coords
-        return _warp(x, _affine_grid(theta.to(x.dtype), x.shape[-2], x.shape[-1]), idx)
+        return _warp(x, _affine_coords(theta.to(x.dtype), x.shape[-2], x.shape[-1]), idx)
 
 
-def _affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """F.affine_grid(theta, (N, C, h, w), align_corners=False), the same grid to float rounding: one GEMM of the
-    pixel centres (h w, 3) with all thetas, where affine_grid's batched matmul costs more than the whole warp."""
+def _affine_coords(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """F.affine_grid(theta, (N, C, h, w), align_corners=False) as planes (N, 2, h, w) of x and y, the same numbers
+    (bit for bit here: tested): one GEMM of all thetas with the pixel centres, where affine_grid's batched matmul
+    costs more than the whole warp."""
     opts = dict(dtype=theta.dtype, device=theta.device)
     xs = torch.linspace(-1, 1, w, **opts) * (w - 1) / w  # pixel centres, spaced as affine_grid does
     ys = torch.linspace(-1, 1, h, **opts) * (h - 1) / h
     base = torch.stack([xs.expand(h, w), ys.view(h, 1).expand(h, w), torch.ones(h, w, **opts)], -1)
-    return torch.einsum("pk,njk->npj", base.view(h * w, 3), theta).view(-1, h, w, 2)
+    return (theta.reshape(-1, 3) @ base.view(h * w, 3).T).view(-1, 2, h, w)
 
 
 WARP_SOURCE = Path(__file__).parent / "csrc" / "warp.c"
@@ -411,19 +412,20 @@ def _warp_kernel():
     return lib
 
 
-def _warp(x: torch.Tensor, grid: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
-    """F.grid_sample(x[idx], grid, mode="nearest", padding_mode="border", align_corners=False); on the CPU the
-    native kernel does the same arithmetic (bit for bit, tested) and picks the images itself."""
+def _warp(x: torch.Tensor, coords: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """F.grid_sample(x[idx], grid, mode="nearest", padding_mode="border", align_corners=False) for the grid given as
+    planes (N, 2, H, W) of x and y; on the CPU the native kernel does the same arithmetic (bit for bit, tested) and
+    picks the images itself."""
     lib = _warp_kernel() if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 else None
     if lib is None:
-        return F.grid_sample(x if idx is None else x[idx], grid, mode="nearest", padding_mode="border",
-                             align_corners=False)
-    x, grid = x.contiguous(), grid.to(torch.float32).contiguous()
+        return F.grid_sample(x if idx is None else x[idx], coords.permute(0, 2, 3, 1), mode="nearest",
+                             padding_mode="border", align_corners=False)
+    x, coords = x.contiguous(), coords.to(torch.float32).contiguous()
     idx = torch.arange(len(x)) if idx is None else idx.to("cpu", torch.long).contiguous()
     if len(idx) and not 0 <= int(idx.min()) <= int(idx.max()) < len(x):
         raise IndexError(f"image index out of range for {len(x)} images")
     out = torch.empty(len(idx), *x.shape[1:])
-    lib.warp_nearest(x.data_ptr(), idx.data_ptr(), grid.data_ptr(), out.data_ptr(), len(idx), *x.shape[1:])
+    lib.warp_nearest(x.data_ptr(), idx.data_ptr(), coords.data_ptr(), out.data_ptr(), len(idx), *x.shape[1:])
     return out
 
 

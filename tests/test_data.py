@@ -64,11 +64,14 @@ def test_augment_nearest_keeps_pixel_values_and_zero_range_is_identity():
 
 
 @pytest.mark.parametrize("h,w", [(32, 32), (28, 28), (17, 23)])
-def test_affine_grid_is_torchs(h, w):
-    """The augmentation's grid (one GEMM) is F.affine_grid's (bit for bit on our machines; float rounding allowed)."""
+def test_affine_coords_are_torchs_grid(h, w):
+    """The augmentation's grid (one GEMM, as x and y planes) is F.affine_grid's (bit for bit on our machines; float
+    rounding allowed)."""
     theta = torch.randn(64, 2, 3, generator=torch.Generator().manual_seed(0)) * 0.3 + torch.eye(2, 3)
     ref = torch.nn.functional.affine_grid(theta, [64, 1, h, w], align_corners=False)
-    torch.testing.assert_close(data._affine_grid(theta, h, w), ref, rtol=0, atol=1e-6)
+    coords = data._affine_coords(theta, h, w)
+    assert coords.shape == (64, 2, h, w) and coords.is_contiguous()
+    torch.testing.assert_close(coords.permute(0, 2, 3, 1), ref, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("c,h,w", [(1, 32, 32), (3, 17, 23)])
@@ -81,13 +84,13 @@ def test_native_warp_is_grid_sample_bit_for_bit(c, h, w):
     idx = torch.randint(0, 50, (64,), generator=g)
     theta = torch.randn(64, 2, 3, generator=g) * 0.3 + torch.eye(2, 3)
     k = torch.randint(-3, 2 * max(h, w) + 3, (64, h, w), generator=g).float()
-    ties = torch.stack([(k + 0.5) / w * 2 - 1 - 1 / w, (k + 0.5) / h * 2 - 1 - 1 / h], -1)
-    for grid in (data._affine_grid(theta, h, w), ties, torch.rand(64, h, w, 2, generator=g) * 3 - 1.5):
-        ref = torch.nn.functional.grid_sample(x[idx], grid, mode="nearest", padding_mode="border",
-                                              align_corners=False)
-        assert torch.equal(data._warp(x, grid, idx), ref)
+    ties = torch.stack([(k + 0.5) / w * 2 - 1 - 1 / w, (k + 0.5) / h * 2 - 1 - 1 / h], 1)
+    for coords in (data._affine_coords(theta, h, w), ties, torch.rand(64, 2, h, w, generator=g) * 3 - 1.5):
+        ref = torch.nn.functional.grid_sample(x[idx], coords.permute(0, 2, 3, 1), mode="nearest",
+                                              padding_mode="border", align_corners=False)
+        assert torch.equal(data._warp(x, coords, idx), ref)
     with pytest.raises(IndexError, match="out of range"):
-        data._warp(x, grid, torch.tensor([50]))
+        data._warp(x, coords, torch.tensor([50]))
 
 
 def test_augment_pick_equals_many():

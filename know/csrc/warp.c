@@ -10,25 +10,22 @@
 
 static inline float clamp(float v, float hi) { return v < hi ? (v > 0.0f ? v : 0.0f) : hi; }
 
-/* out[i] (C, H, W) = x[idx[i]] (C, H, W) sampled at grid[i] (H, W, 2: normalised x, y), for i < n. */
-void warp_nearest(const float *x, const long *idx, const float *grid, float *out, long n, int C, int H, int W) {
+/* out[i] (C, H, W) = x[idx[i]] (C, H, W) sampled at coords[i] (2, H, W: the normalised x plane, then y), i < n. */
+void warp_nearest(const float *x, const long *idx, const float *coords, float *out, long n, int C, int H, int W) {
     const int plane = H * W;
     const size_t image = (size_t)C * plane;
     const float sx = (float)W / 2, sy = (float)H / 2, xmax = (float)(W - 1), ymax = (float)(H - 1);
     for (long i = 0; i < n; i++) {
-        const float *src = x + (size_t)idx[i] * image, *g = grid + (size_t)i * plane * 2;
+        const float *src = x + (size_t)idx[i] * image, *gx = coords + (size_t)i * 2 * plane, *gy = gx + plane;
         float *dst = out + (size_t)i * image;
         int p = 0;
 #ifdef __AVX512F__
-        const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
         const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f), zero = _mm512_setzero_ps();
-        for (; p + 16 <= plane; p += 16) { /* 16 pixels: (x, y) pairs de-interleaved, then one gather per channel */
-            const __m512 a = _mm512_loadu_ps(g + 2 * p), b = _mm512_loadu_ps(g + 2 * p + 16);
-            __m512 fx = _mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(_mm512_permutex2var_ps(a, even, b), one),
-                                                    _mm512_set1_ps(sx)), half);
-            __m512 fy = _mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(_mm512_permutex2var_ps(a, odd, b), one),
-                                                    _mm512_set1_ps(sy)), half);
+        for (; p + 16 <= plane; p += 16) { /* 16 pixels: one gather per channel */
+            __m512 fx = _mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(gx + p), one), _mm512_set1_ps(sx)),
+                                      half);
+            __m512 fy = _mm512_sub_ps(_mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(gy + p), one), _mm512_set1_ps(sy)),
+                                      half);
             fx = _mm512_min_ps(_mm512_set1_ps(xmax), _mm512_max_ps(fx, zero));
             fy = _mm512_min_ps(_mm512_set1_ps(ymax), _mm512_max_ps(fy, zero));
             const __m512i at = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_cvtps_epi32(fy), _mm512_set1_epi32(W)),
@@ -38,8 +35,8 @@ void warp_nearest(const float *x, const long *idx, const float *grid, float *out
         }
 #endif
         for (; p < plane; p++) {
-            const size_t at = (size_t)lrintf(clamp((g[2 * p + 1] + 1.0f) * sy - 0.5f, ymax)) * W +
-                              (size_t)lrintf(clamp((g[2 * p] + 1.0f) * sx - 0.5f, xmax));
+            const size_t at = (size_t)lrintf(clamp((gy[p] + 1.0f) * sy - 0.5f, ymax)) * W +
+                              (size_t)lrintf(clamp((gx[p] + 1.0f) * sx - 0.5f, xmax));
             for (int c = 0; c < C; c++) dst[(size_t)c * plane + p] = src[(size_t)c * plane + at];
         }
     }
