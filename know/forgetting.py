@@ -25,7 +25,7 @@ Job arrays: one task per group (`collect_group(cfg, g, out)`, g < num_groups(cfg
 skipped, so reruns resume.
 
 Measured on the 2-core test machine (benchmarks/collect_speed.py, simplenet, Fashion-MNIST, |D0| = 4000, batch 56):
-see the README's benchmark table (lanes: about 3.5x the trajectories per hour of one at a time; grouped convolutions
+see the README's benchmark table (lanes: about 3.8x the trajectories per hour of one at a time; grouped convolutions
 alone reach about 2x).
 """
 from __future__ import annotations
