@@ -380,18 +380,24 @@ class Augment:
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta = torch.stack([torch.stack([cos * zx, -sin * zy, tx], 1),
                              torch.stack([sin * zx, cos * zy, ty], 1)], 1)  # (N, 2, 3) output -> input coords
-        return _warp(x, _affine_coords(theta.to(x.dtype), x.shape[-2], x.shape[-1]), idx)
+        return _warp_affine(x, theta.to(x.dtype), idx)
 
 
 def _affine_coords(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """F.affine_grid(theta, (N, C, h, w), align_corners=False) as planes (N, 2, h, w) of x and y, the same numbers
     (bit for bit here: tested): one GEMM of all thetas with the pixel centres, where affine_grid's batched matmul
     costs more than the whole warp."""
-    opts = dict(dtype=theta.dtype, device=theta.device)
-    xs = torch.linspace(-1, 1, w, **opts) * (w - 1) / w  # pixel centres, spaced as affine_grid does
-    ys = torch.linspace(-1, 1, h, **opts) * (h - 1) / h
-    base = torch.stack([xs.expand(h, w), ys.view(h, 1).expand(h, w), torch.ones(h, w, **opts)], -1)
+    px, py = _pixel_centres(h, w, theta.dtype, theta.device)
+    base = torch.stack([px, py, torch.ones_like(px)], -1)
     return (theta.reshape(-1, 3) @ base.view(h * w, 3).T).view(-1, 2, h, w)
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_centres(h: int, w: int, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """The x and y of every pixel centre (h, w) in [-1, 1], spaced as F.affine_grid spaces them."""
+    xs = torch.linspace(-1, 1, w, dtype=dtype, device=device) * (w - 1) / w
+    ys = torch.linspace(-1, 1, h, dtype=dtype, device=device) * (h - 1) / h
+    return xs.expand(h, w).contiguous(), ys.view(h, 1).expand(h, w).contiguous()
 
 
 WARP_SOURCE = Path(__file__).parent / "csrc" / "warp.c"
@@ -408,24 +414,48 @@ def _warp_kernel():
                        "-fno-math-errno", "-shared", "-fPIC", "-lm"], "augmentation uses F.grid_sample")
     if lib is not None:
         lib.warp_nearest.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] + [ctypes.c_int] * 3
-        lib.warp_nearest.restype = None
+        lib.warp_affine.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] + [ctypes.c_int] * 3
+        lib.warp_nearest.restype = lib.warp_affine.restype = None
     return lib
+
+
+def _native(x: torch.Tensor):
+    return _warp_kernel() if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 else None
+
+
+def _picked(x: torch.Tensor, idx: torch.Tensor | None) -> torch.Tensor:
+    """idx as a checked CPU index tensor for the native kernel (all of x when None)."""
+    idx = torch.arange(len(x)) if idx is None else idx.to("cpu", torch.long).contiguous()
+    if len(idx) and not 0 <= int(idx.min()) <= int(idx.max()) < len(x):
+        raise IndexError(f"image index out of range for {len(x)} images")
+    return idx
 
 
 def _warp(x: torch.Tensor, coords: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
     """F.grid_sample(x[idx], grid, mode="nearest", padding_mode="border", align_corners=False) for the grid given as
     planes (N, 2, H, W) of x and y; on the CPU the native kernel does the same arithmetic (bit for bit, tested) and
     picks the images itself."""
-    lib = _warp_kernel() if x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 else None
+    lib = _native(x)
     if lib is None:
         return F.grid_sample(x if idx is None else x[idx], coords.permute(0, 2, 3, 1), mode="nearest",
                              padding_mode="border", align_corners=False)
-    x, coords = x.contiguous(), coords.to(torch.float32).contiguous()
-    idx = torch.arange(len(x)) if idx is None else idx.to("cpu", torch.long).contiguous()
-    if len(idx) and not 0 <= int(idx.min()) <= int(idx.max()) < len(x):
-        raise IndexError(f"image index out of range for {len(x)} images")
+    x, coords, idx = x.contiguous(), coords.to(torch.float32).contiguous(), _picked(x, idx)
     out = torch.empty(len(idx), *x.shape[1:])
     lib.warp_nearest(x.data_ptr(), idx.data_ptr(), coords.data_ptr(), out.data_ptr(), len(idx), *x.shape[1:])
+    return out
+
+
+def _warp_affine(x: torch.Tensor, theta: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """`_warp(x, _affine_coords(theta, H, W), idx)`; the native kernel computes the grid itself, rounded as the GEMM
+    rounds it (tested), so no grid is ever stored."""
+    lib = _native(x)
+    if lib is None:
+        return _warp(x, _affine_coords(theta, x.shape[-2], x.shape[-1]), idx)
+    x, theta, idx = x.contiguous(), theta.to(torch.float32).contiguous(), _picked(x, idx)
+    px, py = _pixel_centres(x.shape[-2], x.shape[-1])
+    out = torch.empty(len(idx), *x.shape[1:])
+    lib.warp_affine(x.data_ptr(), idx.data_ptr(), theta.data_ptr(), px.data_ptr(), py.data_ptr(), out.data_ptr(),
+                    len(idx), *x.shape[1:])
     return out
 
 

@@ -93,6 +93,22 @@ def test_native_warp_is_grid_sample_bit_for_bit(c, h, w):
         data._warp(x, coords, torch.tensor([50]))
 
 
+@pytest.mark.parametrize("c,h,w", [(1, 32, 32), (3, 17, 23)])
+def test_native_affine_warp_is_affine_grid_and_grid_sample(c, h, w):
+    """The native warp that computes its own grid against F.affine_grid + F.grid_sample, bit for bit: augmentation
+    thetas, half-pixel shifts and a 2x zoom (exact ties), a shift far outside the image (border fill)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, c, h, w, generator=g)
+    idx = torch.randint(0, 50, (64,), generator=g)
+    eye = torch.eye(2, 3).expand(64, 2, 3)
+    for theta in (torch.randn(64, 2, 3, generator=g) * 0.3 + eye, eye + torch.tensor([[0, 0, 1 / w], [0, 0, 1 / h]]),
+                  eye * torch.tensor([[2.0, 1, 1], [1, 2.0, 1]]), eye + torch.tensor([[0, 0, 3.0], [0, 0, -2.5]])):
+        grid = torch.nn.functional.affine_grid(theta, [64, c, h, w], align_corners=False)
+        ref = torch.nn.functional.grid_sample(x[idx], grid, mode="nearest", padding_mode="border",
+                                              align_corners=False)
+        assert torch.equal(data._warp_affine(x, theta.contiguous(), idx), ref)
+
+
 def test_augment_pick_equals_many():
     x = torch.randn(30, 1, 12, 12)
     idxs = [torch.tensor([3, 1, 4]), torch.tensor([1, 5, 9])]
