@@ -356,14 +356,10 @@ class Augment:
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self._apply(x, self._draw(len(x), x.device, generator))
 
-    def many(self, xs: list[torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
-        """[self(x, g) for x, g in zip(xs, generators)], stacked, as one warp: each generator draws exactly what it
-        would alone, and the warp acts on each image separately, so the result is the same."""
-        u = torch.cat([self._draw(len(x), x.device, g) for x, g in zip(xs, generators)])
-        return self._apply(torch.cat(xs), u).view(len(xs), *xs[0].shape)
-
     def pick(self, x: torch.Tensor, idxs: list[torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
-        """`many([x[i] for i in idxs], generators)`, (K, B, C, H, W), with the images picked by the warp itself."""
+        """[self(x[i], g) for i, g in zip(idxs, generators)] stacked (K, B, C, H, W), as one warp that picks the
+        images itself: each generator draws exactly what it would alone and the warp acts on each image separately,
+        so the result is the same."""
         u = torch.cat([self._draw(len(i), x.device, g) for i, g in zip(idxs, generators)])
         return self._apply(x, u, torch.cat(idxs)).view(len(idxs), len(idxs[0]), *x.shape[1:])
 

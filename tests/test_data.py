@@ -109,14 +109,6 @@ def test_native_affine_warp_is_affine_grid_and_grid_sample(c, h, w):
         assert torch.equal(data._warp_affine(x, theta.contiguous(), idx), ref)
 
 
-def test_augment_pick_equals_many():
-    x = torch.randn(30, 1, 12, 12)
-    idxs = [torch.tensor([3, 1, 4]), torch.tensor([1, 5, 9])]
-    picked = data.Augment().pick(x, idxs, [torch.Generator().manual_seed(i) for i in range(2)])
-    many = data.Augment().many([x[i] for i in idxs], [torch.Generator().manual_seed(i) for i in range(2)])
-    assert picked.shape == (2, 3, 1, 12, 12) and torch.equal(picked, many)
-
-
 def test_adapt_pads_gray_28_to_32_and_upsamples_8():
     img = torch.full((2, 1, 28, 28), 200, dtype=torch.uint8)
     out = data.adapt(img, channels=3, size=32)

@@ -130,8 +130,10 @@ def test_build_is_cached_and_can_be_turned_off(tmp_path, monkeypatch):
         lanes.library.cache_clear()
 
 
-def test_augment_many_equals_one_member_at_a_time():
-    xs = [torch.randn(6, 1, 16, 16) for _ in range(3)]
-    one = torch.stack([Augment()(x, torch.Generator().manual_seed(i)) for i, x in enumerate(xs)])
-    many = Augment().many(xs, [torch.Generator().manual_seed(i) for i in range(3)])
-    assert torch.equal(one, many)
+def test_augment_pick_equals_one_member_at_a_time():
+    """A stacked batch's augmentation (one warp for all members) equals each member's own, draw for draw."""
+    x = torch.randn(40, 1, 16, 16)
+    idxs = [torch.randperm(40, generator=torch.Generator().manual_seed(i))[:6] for i in range(3)]
+    one = torch.stack([Augment()(x[i], torch.Generator().manual_seed(m)) for m, i in enumerate(idxs)])
+    picked = Augment().pick(x, idxs, [torch.Generator().manual_seed(m) for m in range(3)])
+    assert picked.shape == (3, 6, 1, 16, 16) and torch.equal(one, picked)
