@@ -101,7 +101,9 @@ def _check_resumed(unit_dir: Path, epochs: int, restarts: int = 1):
     starts = read_starts(unit_dir)
     assert len(starts) >= 1 + restarts, starts
     firsts = [s for s, _ in starts]
-    assert firsts[0] == 0 and all(b > a for a, b in zip(firsts, firsts[1:])), starts  # each restart moved on
+    # A restart never goes back, and one resumed from a checkpoint. Equal starts are legitimate: an attempt can be
+    # stopped before its first epoch (Slurm may send the warning signal up to 60 s early, by its event resolution).
+    assert firsts[0] == 0 and all(b >= a for a, b in zip(firsts, firsts[1:])) and firsts[-1] > 0, starts
     done = epochs_done(unit_dir)
     assert len(done) == len(set(done)) and set(range(firsts[-1], epochs)) <= set(done)  # no epoch twice
     assert load_result(unit_dir)["value"]["starts"] == [list(s) for s in starts]
@@ -122,7 +124,8 @@ def test_slurm_requeue_resumes_from_last_epoch(tmp_path):
 
 def test_slurm_time_limit_checkpoints_requeues_and_resumes(tmp_path):
     """A real 1-minute limit: Slurm's warning signal makes submitit call UnitJob.checkpoint and requeue the job;
-    46 s of work cannot finish in one go, so it must resume at least once (about 75 s)."""
+    46 s of work cannot finish in one go, so it must resume at least once (about 75 s). The signal is due 45 s
+    before the limit but may come up to 60 s earlier, even before an attempt's first epoch (seen in CI)."""
     need("slurm")
     unit_dir = dirs("timelimit", tmp_path)["long-trainer"]
     rc, out, err = Driver("timelimit", "slurm", tmp_path, "--timeout-min", "1").wait(300)
