@@ -37,7 +37,7 @@ class _Plan(ctypes.Structure):
                 + [(n, _P * MAX_CONVS) for n in ("wt", "bias", "wflip")] + [("x", _P * (MAX_CONVS + 1))]
                 + [(n, _P * MAX_CONVS) for n in ("z", "dz", "da", "dw", "db")]
                 + [(n, _P) for n in ("fc_w", "fc_b", "fc_wt", "head_w", "head_b", "head_wt", "fc_out", "act",
-                                     "logits", "dlogits", "dact", "dfeats", "fc_dw", "fc_db", "head_dw", "head_db")])
+                                     "logits", "dlogits", "dact", "dfeats")])
 
 
 @lru_cache(maxsize=None)
@@ -52,7 +52,9 @@ def library() -> ctypes.CDLL | None:
     lib.adam_step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_void_p] + [ctypes.c_float] * 6
     lib.flip_transpose.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 3
     lib.sum_slots.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-    for fn in (lib.plan_forward, lib.plan_train, lib.adam_step, lib.flip_transpose, lib.sum_slots):
+    lib.linear_weight_grad.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5
+    for fn in (lib.plan_forward, lib.plan_train, lib.adam_step, lib.flip_transpose, lib.sum_slots,
+               lib.linear_weight_grad):
         fn.restype = None
     return lib
 
@@ -83,6 +85,12 @@ def _layers(template: nn.Module) -> tuple[list[nn.Conv2d], nn.Linear, nn.Linear]
             return None
     ok = len(mods) % 3 == 0 and 0 < len(convs) <= MAX_CONVS
     return (convs, template.fc, template.head) if ok else None
+
+
+def _share(n: int, t: int, parts: int) -> tuple[int, int]:
+    """(start, count) of share t of range(n) cut into `parts` contiguous pieces."""
+    start = n * t // parts
+    return start, n * (t + 1) // parts - start
 
 
 class _Workspace:
@@ -131,7 +139,14 @@ class LaneNet:
         self.slot_flat = torch.zeros(MAX_CHUNKS, size, self.lanes)  # per-chunk weight gradients
         self.slots = [self._views(flat) for flat in self.slot_flat]
         self.grad_flat = torch.zeros_like(self.flat)  # their sum
-        self.grads = {n: s[..., :k].movedim(-1, 0) for n, s in self._views(self.grad_flat).items()}
+        self.grad_views = self._views(self.grad_flat)
+        self.grads = {n: s[..., :k].movedim(-1, 0) for n, s in self.grad_views.items()}
+        # fc and head come last: their gradients are taken once per step from whole-batch buffers, not per chunk
+        names = list(self.shapes)
+        dense = [f"{m}.{p}" for m in (self.fc, self.head) for p in ("weight", "bias")]
+        assert names[-4:] == dense, f"SimpleNet's parameters end with fc and head, got {names[-4:]}"
+        self.conv_vectors = sum(self.shapes[n].numel() for n in names[:-4])  # the part each chunk's slot holds
+        self.batch_buffers: dict[int, dict[str, Tensor]] = {}
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     @classmethod
@@ -157,10 +172,21 @@ class LaneNet:
         """Adam for the members, one learning rate each (`know.train.StackedAdam`'s arithmetic)."""
         return LaneAdam(self, lrs)
 
-    def _plan(self, ws: _Workspace, b: int, shape: tuple[int, int, int], total: int, slot: int | None) -> _Plan:
+    def _batch(self, total: int) -> dict[str, Tensor]:
+        """The whole-batch buffers (total, width, 16) of the dense layers' inputs and output gradients, allocated
+        by the calling thread before any chunk runs (plans keep their addresses)."""
+        if total not in self.batch_buffers:
+            (hidden, features), classes = self._weight(self.fc).shape[:2], self._weight(self.head).shape[0]
+            widths = {"features": features, "act": hidden, "dact": hidden, "dlogits": classes}
+            self.batch_buffers[total] = {name: torch.zeros(total, w, self.lanes) for name, w in widths.items()}
+        return self.batch_buffers[total]
+
+    def _plan(self, ws: _Workspace, b: int, shape: tuple[int, int, int], total: int, slot: int | None,
+              start: int = 0) -> _Plan:
         """The plan of a chunk of b images of `shape` (C, H, W) in `ws`, gradients into slot `slot` (None: forward
-        only). Built once per key; it holds addresses of persistent tensors only."""
-        key = (b, shape, total, slot)
+        only), its fc input and the dense layers' activations and gradients in rows start .. start + b of the
+        whole-batch buffers. Built once per key; it holds addresses of persistent tensors only."""
+        key = (b, shape, total, slot, start)
         if key in ws.plans:
             return ws.plans[key]
         p = _Plan(n_conv=len(self.convs), b=b, k=self.k, total=total)
@@ -190,22 +216,26 @@ class LaneNet:
                                                       self.flipped[self.fc]))
         p.head_w, p.head_b, p.head_wt = (_ptr(t) for t in (self._weight(self.head), self.store[self.head + ".bias"],
                                                             self.flipped[self.head]))
+        batch_fields = ("act", "dact", "dlogits") if slot is not None else ()
         for field, width in (("fc_out", p.hidden), ("act", p.hidden), ("dact", p.hidden), ("logits", p.classes),
                              ("dlogits", p.classes), ("dfeats", p.features)):
-            setattr(p, field, _ptr(ws.buf(field, b, width)))
-        p.fc_dw, p.fc_db = grad(self.fc + ".weight"), grad(self.fc + ".bias")
-        p.head_dw, p.head_db = grad(self.head + ".weight"), grad(self.head + ".bias")
+            setattr(p, field, _ptr(self.batch_buffers[total][field][start:]) if field in batch_fields
+                    else _ptr(ws.buf(field, b, width)))
+        if slot is not None:
+            p.x[len(self.convs)] = _ptr(self.batch_buffers[total]["features"][start:])
         ws.plans[key] = p
         return p
 
+    def shares(self, fn) -> None:
+        """fn(t, threads) for t in range(threads), at once: each thread does its share of some work."""
+        if self._pool is None:
+            fn(0, 1)
+        else:
+            list(self._pool.map(lambda t: fn(t, self.threads), range(self.threads)))
+
     def split(self, n: int, fn) -> None:
         """fn(start, count) over `threads` contiguous ranges of range(n) at once (element-wise work)."""
-        bounds = [n * t // self.threads for t in range(self.threads + 1)]
-        ranges = [(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
-        if self._pool is None or len(ranges) == 1:
-            fn(*ranges[0])
-        else:
-            list(self._pool.map(lambda r: fn(*r), ranges))
+        self.shares(lambda t, parts: fn(*_share(n, t, parts)))
 
     def _chunked(self, n: int, size: int, fn) -> list:
         """[fn(workspace, i, chunk slice) for each chunk of range(n)], the chunks taken by the threads in turn."""
@@ -255,16 +285,29 @@ class LaneNet:
 
         def chunk(ws: _Workspace, i: int, sl: slice) -> Tensor:
             loss = torch.zeros(self.lanes)
-            plan = self._plan(ws, sl.stop - sl.start, tuple(xs.shape[2:]), total, i)
+            plan = self._plan(ws, sl.stop - sl.start, tuple(xs.shape[2:]), total, i, sl.start)
             self.lib.plan_train(plan, xs.data_ptr() + sl.start * image * 4, total * image, image,
                                 ys.data_ptr() + sl.start * 8, total, loss.data_ptr())
             return loss[:self.k]
 
+        self._batch(total)
         losses = self._chunked(total, size, chunk)
-        stride = self.flat.shape[0]  # vectors per slot; the sum runs in chunk order in every range: deterministic
-        self.split(stride, lambda lo, n: self.lib.sum_slots(
-            self.grad_flat[lo:].data_ptr(), self.slot_flat[0, lo:].data_ptr(), len(losses), stride, n))
+        self.shares(lambda t, parts: self._gather_grads(total, len(losses), t, parts))
         return sum(losses) / total, self.grads
+
+    def _gather_grads(self, total: int, n_slots: int, t: int, parts: int) -> None:
+        """Share t of the step's gradients: the convolutions' as the chunk-ordered sum of the slots, fc's and head's
+        from the whole-batch buffers. Every sum runs in a fixed order, whatever the share: deterministic."""
+        lo, n = _share(self.conv_vectors, t, parts)
+        stride = self.flat.shape[0]  # vectors per slot
+        self.lib.sum_slots(_ptr(self.grad_flat[lo:]), _ptr(self.slot_flat[0, lo:]), n_slots, stride, n)
+        for layer, inputs, grads in ((self.fc, "features", "dact"), (self.head, "act", "dlogits")):
+            co, ci = self._weight(layer).shape[:2]
+            start, count = _share(co, t, parts)
+            batch = self.batch_buffers[total]
+            self.lib.linear_weight_grad(_ptr(batch[inputs]), _ptr(batch[grads]),
+                                        _ptr(self.grad_views[layer + ".weight"]),
+                                        _ptr(self.grad_views[layer + ".bias"]), total, ci, co, start, start + count)
 
 
 

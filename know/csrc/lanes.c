@@ -8,7 +8,8 @@
  * convolution reads them; conv weights (Co, Ci, ks, ks, LANES); biases (Co, LANES).
  *
  * Entry points: plan_train (forward and backward of one chunk of images) and plan_forward (logits), each a single
- * call per chunk, single-threaded; know/lanes.py runs chunks on several threads, one workspace each.
+ * call per chunk, single-threaded; know/lanes.py runs chunks on several threads, one workspace each. Per step:
+ * linear_weight_grad, sum_slots, adam_step, flip_transpose.
  */
 #include <stddef.h>
 #include <math.h>
@@ -18,6 +19,7 @@
 #define XB 8 /* output pixels per register block */
 #define COB 4 /* at most this many output channels per register block (COB x XB / 2 accumulators) */
 #define MAX_KS 5 /* odd kernel sizes up to this */
+#define IMAGES_INNER_MAX 16 /* weight gradients of maps up to this many pixels loop over images innermost */
 
 typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
 typedef int vi __attribute__((vector_size(LANES * sizeof(int))));
@@ -103,80 +105,75 @@ static void conv_forward(const float *in, const float *w, const float *b, float 
 
 struct conv_grad { const float *in, *dout; float *dw, *db; int B, Ci, Co, H, W, ks; };
 
-/* dw, db of output channels co .. co + nc (nc <= 2: two channels share every input load). */
-static inline __attribute__((always_inline)) void conv_grad_block(const struct conv_grad *a, int co, int nc, int ks) {
+/* dw, db of output channels co .. co + nc (nc <= 2: two channels share every input load). Each weight's sum runs
+ * over the images in order, then rows, then columns; `images_inner` only chooses the loop order around it: images
+ * outside the input channels (an image's planes stay in L1 while dw is read and written once per image) or inside
+ * them (dw stays in registers across the chunk: better where dw is large and the planes small). */
+static inline __attribute__((always_inline)) void conv_grad_block(const struct conv_grad *a, int co, int nc, int ks,
+                                                                  int images_inner) {
     const int pad = ks / 2, H = a->H, W = a->W, Hp = H + ks - 1, Wp = W + ks - 1, kk = ks * ks;
     const size_t dw_stride = (size_t)a->Ci * kk * LANES, plane = (size_t)Hp * Wp * LANES;
     float *dw_co = a->dw + co * dw_stride;
-    memset(dw_co, 0, sizeof(float) * nc * dw_stride);
     vf db[2] = {{0}, {0}};
-    for (int bb = 0; bb < a->B; bb++) { /* image by image, so its output-gradient planes stay in L1 */
+    for (int bb = 0; bb < a->B; bb++) {
         const float *g_b = a->dout + (size_t)(bb * a->Co + co) * plane; /* padded like the input */
         for (int c = 0; c < nc; c++)
             for (int y = 0; y < H; y++)
                 for (int x = 0; x < W; x++) db[c] += ld(g_b + c * plane + ((size_t)(y + pad) * Wp + x + pad) * LANES);
+    }
+    const int n_outer = images_inner ? 1 : a->B, n_inner = images_inner ? a->B : 1;
+    for (int outer = 0; outer < n_outer; outer++)
         for (int ci = 0; ci < a->Ci; ci++) {
-            const float *in_b = a->in + (size_t)(bb * a->Ci + ci) * plane;
             vf acc[2][MAX_KS * MAX_KS];
             for (int c = 0; c < nc; c++)
-                for (int t = 0; t < kk; t++) acc[c][t] = ld(dw_co + c * dw_stride + ((size_t)ci * kk + t) * LANES);
-            if (ks == 3) { /* sliding windows: each input vector is loaded once per row, used thrice per channel */
-                for (int y = 0; y < H; y++) {
-                    const float *g_row = g_b + ((size_t)(y + 1) * Wp + 1) * LANES;
-                    const float *r0 = in_b + (size_t)y * Wp * LANES, *r1 = r0 + Wp * LANES, *r2 = r1 + Wp * LANES;
-                    vf w[3][3] = {{ld(r0), ld(r0 + LANES)}, {ld(r1), ld(r1 + LANES)}, {ld(r2), ld(r2 + LANES)}};
-                    for (int x = 0; x < W; x++) {
-                        for (int dy = 0; dy < 3; dy++) w[dy][2] = ld((dy == 0 ? r0 : dy == 1 ? r1 : r2) +
-                                                                    (size_t)(x + 2) * LANES);
-                        for (int c = 0; c < nc; c++) {
-                            const vf g = ld(g_row + c * plane + (size_t)x * LANES);
-                            for (int t = 0; t < 9; t++) acc[c][t] += g * w[t / 3][t % 3];
+                for (int t = 0; t < kk; t++)
+                    acc[c][t] = outer ? ld(dw_co + c * dw_stride + ((size_t)ci * kk + t) * LANES) : (vf){0};
+            for (int inner = 0; inner < n_inner; inner++) {
+                const int bb = outer + inner;
+                const float *g_b = a->dout + (size_t)(bb * a->Co + co) * plane;
+                const float *in_b = a->in + (size_t)(bb * a->Ci + ci) * plane;
+                if (ks == 3) { /* sliding windows: each input vector is loaded once per row, used thrice per channel */
+                    for (int y = 0; y < H; y++) {
+                        const float *g_row = g_b + ((size_t)(y + 1) * Wp + 1) * LANES;
+                        const float *r0 = in_b + (size_t)y * Wp * LANES, *r1 = r0 + Wp * LANES, *r2 = r1 + Wp * LANES;
+                        vf w[3][3] = {{ld(r0), ld(r0 + LANES)}, {ld(r1), ld(r1 + LANES)}, {ld(r2), ld(r2 + LANES)}};
+                        for (int x = 0; x < W; x++) {
+                            for (int dy = 0; dy < 3; dy++) w[dy][2] = ld((dy == 0 ? r0 : dy == 1 ? r1 : r2) +
+                                                                        (size_t)(x + 2) * LANES);
+                            for (int c = 0; c < nc; c++) {
+                                const vf g = ld(g_row + c * plane + (size_t)x * LANES);
+                                for (int t = 0; t < 9; t++) acc[c][t] += g * w[t / 3][t % 3];
+                            }
+                            for (int dy = 0; dy < 3; dy++) { w[dy][0] = w[dy][1]; w[dy][1] = w[dy][2]; }
                         }
-                        for (int dy = 0; dy < 3; dy++) { w[dy][0] = w[dy][1]; w[dy][1] = w[dy][2]; }
                     }
-                }
-            } else
-                for (int y = 0; y < H; y++)
-                    for (int x = 0; x < W; x++)
-                        for (int c = 0; c < nc; c++) {
-                            const vf g = ld(g_b + c * plane + ((size_t)(y + pad) * Wp + x + pad) * LANES);
-                            for (int dy = 0; dy < ks; dy++)
-                                for (int dx = 0; dx < ks; dx++)
-                                    acc[c][dy * ks + dx] += g * ld(in_b + ((size_t)(y + dy) * Wp + x + dx) * LANES);
-                        }
+                } else
+                    for (int y = 0; y < H; y++)
+                        for (int x = 0; x < W; x++)
+                            for (int c = 0; c < nc; c++) {
+                                const vf g = ld(g_b + c * plane + ((size_t)(y + pad) * Wp + x + pad) * LANES);
+                                for (int dy = 0; dy < ks; dy++)
+                                    for (int dx = 0; dx < ks; dx++)
+                                        acc[c][dy * ks + dx] += g * ld(in_b + ((size_t)(y + dy) * Wp + x + dx) * LANES);
+                            }
+            }
             for (int c = 0; c < nc; c++)
                 for (int t = 0; t < kk; t++) st(dw_co + c * dw_stride + ((size_t)ci * kk + t) * LANES, acc[c][t]);
         }
-    }
     for (int c = 0; c < nc && a->db; c++) st(a->db + (size_t)(co + c) * LANES, db[c]);
 }
 
 static inline __attribute__((always_inline)) void conv_grad_channels(const struct conv_grad *a, int lo, int hi,
                                                                      int ks) {
+    const int images_inner = a->H * a->W <= IMAGES_INNER_MAX;
     int co = lo;
-    for (; co + 2 <= hi; co += 2) conv_grad_block(a, co, 2, ks);
-    if (co < hi) conv_grad_block(a, co, 1, ks);
-}
-
-/* A Linear layer (1x1 "image"): the gradient stays in registers across the batch. */
-static void linear_grad_channels(const struct conv_grad *a, int lo, int hi) {
-    for (int co = lo; co < hi; co++) {
-        vf db = {0};
-        for (int bb = 0; bb < a->B; bb++) db += ld(a->dout + (size_t)(bb * a->Co + co) * LANES);
-        if (a->db) st(a->db + (size_t)co * LANES, db);
-        for (int ci = 0; ci < a->Ci; ci++) {
-            vf acc = {0};
-            for (int bb = 0; bb < a->B; bb++)
-                acc += ld(a->dout + (size_t)(bb * a->Co + co) * LANES) * ld(a->in + (size_t)(bb * a->Ci + ci) * LANES);
-            st(a->dw + ((size_t)co * a->Ci + ci) * LANES, acc);
-        }
-    }
+    for (; co + 2 <= hi; co += 2) conv_grad_block(a, co, 2, ks, images_inner);
+    if (co < hi) conv_grad_block(a, co, 1, ks, images_inner);
 }
 
 static void conv_grad_range(const void *p, int lo, int hi) {
     const struct conv_grad *a = p;
-    if (a->ks == 1 && a->H == 1 && a->W == 1) linear_grad_channels(a, lo, hi);
-    else if (a->ks == 3) conv_grad_channels(a, lo, hi, 3);
+    if (a->ks == 3) conv_grad_channels(a, lo, hi, 3);
     else if (a->ks == 1) conv_grad_channels(a, lo, hi, 1);
     else conv_grad_channels(a, lo, hi, a->ks);
 }
@@ -380,7 +377,9 @@ static void pool_conv_weight_grad(const float *in, const float *w, const float *
 #define MAX_CONVS 8
 
 /* Everything one chunk of images needs, set up once per (thread, chunk size, gradient slot) by know/lanes.py:
- * conv blocks [Conv(ks, 'same') -> ReLU -> MaxPool2], then fc -> ReLU -> head, cross-entropy per member. */
+ * conv blocks [Conv(ks, 'same') -> ReLU -> MaxPool2], then fc -> ReLU -> head, cross-entropy per member. For
+ * training, x[n_conv], act, dact and dlogits point at the chunk's rows of whole-batch buffers, from which
+ * linear_weight_grad takes the fc and head weight gradients once per step. */
 struct plan {
     int n_conv, b, k, total, hidden, classes, features;
     int ci[MAX_CONVS], co[MAX_CONVS], h[MAX_CONVS], w[MAX_CONVS], ks[MAX_CONVS];
@@ -389,7 +388,7 @@ struct plan {
     float *z[MAX_CONVS]; /* conv outputs (z[0] is never stored, see conv_pool_forward) */
     float *dz[MAX_CONVS], *da[MAX_CONVS], *dw[MAX_CONVS], *db[MAX_CONVS];
     const float *fc_w, *fc_b, *fc_wt, *head_w, *head_b, *head_wt;
-    float *fc_out, *act, *logits, *dlogits, *dact, *dfeats, *fc_dw, *fc_db, *head_dw, *head_db;
+    float *fc_out, *act, *logits, *dlogits, *dact, *dfeats;
 };
 
 static int pad_of(const struct plan *p, int i) { return i < p->n_conv ? p->ks[i] / 2 : 0; }
@@ -427,8 +426,9 @@ void plan_forward(const struct plan *p, const float *src, long member_stride, lo
     forward(p);
 }
 
-/* Forward and backward of one chunk: weight gradients into the plan's slot, the summed cross-entropy of each member
- * into loss[LANES]; gradients are those of the mean loss over `total` images (the whole batch). */
+/* Forward and backward of one chunk: the convolutions' weight gradients into the plan's slot (the fc and head ones
+ * are linear_weight_grad's, once per step), the summed cross-entropy of each member into loss[LANES]; gradients are
+ * those of the mean loss over `total` images (the whole batch). */
 void plan_train(const struct plan *p, const float *src, long member_stride, long image_stride, const long *labels,
                 long label_stride, float *loss) {
     stage(p, src, member_stride, image_stride);
@@ -448,12 +448,10 @@ void plan_train(const struct plan *p, const float *src, long member_stride, long
             for (int c = 0; c < nc; c++)
                 d[c * LANES] = (float)((exp((double)(l[c * LANES] - mx)) / sum - (c == y)) / p->total);
         }
-    conv_weight_grad(p->act, p->dlogits, p->head_dw, p->head_db, p->b, p->hidden, nc, 1, 1, 1);
     conv_forward(p->dlogits, p->head_wt, NULL, p->dact, p->b, nc, p->hidden, 1, 1, 1);
     const vf zero = {0};
     for (size_t j = 0; j < (size_t)p->b * p->hidden; j++) /* ReLU */
         st(p->dact + j * LANES, vsel((vi)(ld(p->act + j * LANES) > zero), ld(p->dact + j * LANES)));
-    conv_weight_grad(p->x[p->n_conv], p->dact, p->fc_dw, p->fc_db, p->b, p->features, p->hidden, 1, 1, 1);
     conv_forward(p->dact, p->fc_wt, NULL, p->dfeats, p->b, p->hidden, p->features, 1, 1, 1);
     const float *g = p->dfeats; /* = the gradient of the last pooled map */
     for (int i = p->n_conv - 1; i >= 0; i--) {
@@ -470,6 +468,38 @@ void plan_train(const struct plan *p, const float *src, long member_stride, long
 }
 
 /* ------------------------------------------------------------------------------------- per-step helpers */
+/* dw (Co, Ci) and db (Co) of a Linear layer, output channels lo .. hi, from its input (B, Ci) and output gradient
+ * (B, Co) over a whole batch: once per step, not per chunk (its weights are the largest of the net). Each sum runs
+ * over the images in order, so the result does not depend on how the channels are split. Register blocks of 2 output
+ * x 8 input channels; an input block of the whole batch (B x 8 vectors) stays in L1 across the output channels. */
+void linear_weight_grad(const float *in, const float *dout, float *dw, float *db, int B, int Ci, int Co, int lo,
+                        int hi) {
+    for (int co = lo; co < hi; co++) {
+        vf s = {0};
+        for (int bb = 0; bb < B; bb++) s += ld(dout + ((size_t)bb * Co + co) * LANES);
+        st(db + (size_t)co * LANES, s);
+    }
+    for (int ci0 = 0; ci0 < Ci; ci0 += 8) {
+        const int ni = Ci - ci0 < 8 ? Ci - ci0 : 8;
+        for (int co = lo; co < hi; co += 2) {
+            const int nc = hi - co < 2 ? hi - co : 2;
+            vf acc[2][8];
+            for (int c = 0; c < nc; c++)
+                for (int j = 0; j < ni; j++) acc[c][j] = (vf){0};
+            for (int bb = 0; bb < B; bb++) {
+                vf g[2];
+                for (int c = 0; c < nc; c++) g[c] = ld(dout + ((size_t)bb * Co + co + c) * LANES);
+                for (int j = 0; j < ni; j++) {
+                    const vf v = ld(in + ((size_t)bb * Ci + ci0 + j) * LANES);
+                    for (int c = 0; c < nc; c++) acc[c][j] += g[c] * v;
+                }
+            }
+            for (int c = 0; c < nc; c++)
+                for (int j = 0; j < ni; j++) st(dw + ((size_t)(co + c) * Ci + ci0 + j) * LANES, acc[c][j]);
+        }
+    }
+}
+
 /* out (Ci, Co, ks, ks) = w (Co, Ci, ks, ks) flipped in both spatial axes and transposed: the weights of the input
  * gradient's convolution (ks = 1: a Linear layer's transpose). */
 void flip_transpose(const float *w, float *out, int Co, int Ci, int ks) {
