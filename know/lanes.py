@@ -32,10 +32,10 @@ _I, _P = ctypes.c_int, ctypes.c_void_p
 
 class _Plan(ctypes.Structure):
     """`struct plan` of lanes.c: the shapes and buffer addresses of one chunk's forward and backward."""
-    _fields_ = ([(n, _I) for n in ("n_conv", "b", "k", "total", "hidden", "classes", "features")]
+    _fields_ = ([(n, _I) for n in ("n_conv", "b", "k", "total", "hidden", "classes", "features", "start")]
                 + [(n, _I * MAX_CONVS) for n in ("ci", "co", "h", "w", "ks")]
                 + [(n, _P * MAX_CONVS) for n in ("wt", "bias", "wflip")] + [("x", _P * (MAX_CONVS + 1))]
-                + [(n, _P * MAX_CONVS) for n in ("z", "dz", "da", "dw", "db")]
+                + [("z", _P * MAX_CONVS), ("codes0", _P)] + [(n, _P * MAX_CONVS) for n in ("dz", "da", "dw", "db")]
                 + [(n, _P) for n in ("fc_w", "fc_b", "fc_wt", "head_w", "head_b", "head_wt", "fc_out", "act",
                                      "logits", "dlogits", "dact", "dfeats")])
 
@@ -47,13 +47,13 @@ def library() -> ctypes.CDLL | None:
     if lib is None:
         return None
     lib.plan_forward.argtypes = [ctypes.POINTER(_Plan), ctypes.c_void_p, ctypes.c_long, ctypes.c_long]
-    lib.plan_train.argtypes = [ctypes.POINTER(_Plan), ctypes.c_void_p, ctypes.c_long, ctypes.c_long,
-                               ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
+    lib.train_chunks.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
+                                 ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
     lib.adam_step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_void_p] + [ctypes.c_float] * 6
     lib.flip_transpose.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 3
     lib.sum_slots.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_long]
     lib.linear_weight_grad.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5
-    for fn in (lib.plan_forward, lib.plan_train, lib.adam_step, lib.flip_transpose, lib.sum_slots,
+    for fn in (lib.plan_forward, lib.train_chunks, lib.adam_step, lib.flip_transpose, lib.sum_slots,
                lib.linear_weight_grad):
         fn.restype = None
     return lib
@@ -100,10 +100,10 @@ class _Workspace:
     def __init__(self, lanes: int):
         self.lanes, self.buffers, self.plans = lanes, {}, {}
 
-    def buf(self, key: str, *shape: int) -> Tensor:
+    def buf(self, key: str, *shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
         full = (key, *shape)
         if full not in self.buffers:
-            self.buffers[full] = torch.zeros(*shape, self.lanes)
+            self.buffers[full] = torch.zeros(*shape, self.lanes, dtype=dtype)
         return self.buffers[full]
 
 
@@ -111,10 +111,11 @@ class LaneNet:
     """K <= 16 SimpleNets in lane layout. `params` {name: (K, *shape)} are views of the lane storage: update them in
     place. `loss_and_grads` returns gradients that are views of buffers the next call overwrites.
 
-    A step cuts the batch into chunks of TRAIN_CHUNK images (more for large batches) that `threads` Python threads
-    take in turn as they finish, each with its own workspace; a chunk is one C call (`plan_train`, which releases
-    the GIL), so a slower core simply takes fewer. Each chunk writes its own gradient slot and the slots are summed
-    in chunk order: the result does not depend on which thread took which chunk."""
+    A step cuts the batch into chunks of TRAIN_CHUNK images (more for large batches) that `threads` threads take in
+    turn as they finish, each with its own workspace, in one C call per thread (`train_chunks`, which releases the
+    GIL and takes chunks from a shared counter), so a slower core simply takes fewer. Each chunk writes its own
+    gradient slot and the slots are summed in chunk order: the result does not depend on which thread took which
+    chunk."""
 
     def __init__(self, template: nn.Module, k: int, lib: ctypes.CDLL, threads: int | None = None):
         convs, fc, head = _layers(template)
@@ -147,6 +148,7 @@ class LaneNet:
         assert names[-4:] == dense, f"SimpleNet's parameters end with fc and head, got {names[-4:]}"
         self.conv_vectors = sum(self.shapes[n].numel() for n in names[:-4])  # the part each chunk's slot holds
         self.batch_buffers: dict[int, dict[str, Tensor]] = {}
+        self.chunk_plans: dict[tuple, list[ctypes.Array]] = {}
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     @classmethod
@@ -189,7 +191,7 @@ class LaneNet:
         key = (b, shape, total, slot, start)
         if key in ws.plans:
             return ws.plans[key]
-        p = _Plan(n_conv=len(self.convs), b=b, k=self.k, total=total)
+        p = _Plan(n_conv=len(self.convs), b=b, k=self.k, total=total, start=start)
         grads = self.slots[slot] if slot is not None else None
 
         def grad(name: str) -> int | None:
@@ -204,6 +206,8 @@ class LaneNet:
             p.wflip[i] = _ptr(self.flipped[name]) if i > 0 else None
             if i == 0:
                 p.x[0] = _ptr(ws.buf("x0", b, ci, h + 2 * pad, w + 2 * pad))
+                if slot is not None:  # the first pool's gradient routes, one byte per value and member
+                    p.codes0 = ws.buf("codes0", b, co, h // 2, w // 2, dtype=torch.uint8).data_ptr()
             p.z[i] = _ptr(ws.buf(f"z{i}", b, co, h, w)) if i > 0 else None  # the first is pooled in registers
             p.dz[i] = _ptr(ws.buf(f"dz{i}", b, co, h + 2 * pad, w + 2 * pad)) if i > 0 else None
             p.da[i] = _ptr(ws.buf(f"da{i}", b, ci, h, w)) if i > 0 else None
@@ -281,19 +285,28 @@ class LaneNet:
             w = self._weight(n)
             self.lib.flip_transpose(w.data_ptr(), out.data_ptr(), w.shape[0], w.shape[1],
                                     w.shape[2] if w.dim() == 5 else 1)
-        size = max(TRAIN_CHUNK, -(-total // MAX_CHUNKS))
+        plans = self._train_plans(total, tuple(xs.shape[2:]))
+        n = len(plans[0])
+        losses, next_chunk = torch.zeros(n, self.lanes), ctypes.c_int(0)
+        self.shares(lambda t, parts: self.lib.train_chunks(
+            plans[t], n, ctypes.byref(next_chunk), _ptr(xs), total * image, image, ys.data_ptr(), total,
+            _ptr(losses)))
+        self.shares(lambda t, parts: self._gather_grads(total, n, t, parts))
+        return sum(losses[:, :self.k]) / total, self.grads  # in chunk order
 
-        def chunk(ws: _Workspace, i: int, sl: slice) -> Tensor:
-            loss = torch.zeros(self.lanes)
-            plan = self._plan(ws, sl.stop - sl.start, tuple(xs.shape[2:]), total, i, sl.start)
-            self.lib.plan_train(plan, xs.data_ptr() + sl.start * image * 4, total * image, image,
-                                ys.data_ptr() + sl.start * 8, total, loss.data_ptr())
-            return loss[:self.k]
-
-        self._batch(total)
-        losses = self._chunked(total, size, chunk)
-        self.shares(lambda t, parts: self._gather_grads(total, len(losses), t, parts))
-        return sum(losses) / total, self.grads
+    def _train_plans(self, total: int, shape: tuple[int, int, int]) -> list[ctypes.Array]:
+        """Per thread, the plans of a step's chunks in its workspace (as a C array), for batches of `total` images
+        of `shape`: chunks of TRAIN_CHUNK images, or more when the batch has over MAX_CHUNKS of those."""
+        key = (total, shape)
+        if key not in self.chunk_plans:
+            self._batch(total)
+            size = max(TRAIN_CHUNK, -(-total // MAX_CHUNKS))
+            chunks = [(i, start, min(size, total - start)) for i, start in enumerate(range(0, total, size))]
+            self.chunk_plans[key] = [
+                (ctypes.POINTER(_Plan) * len(chunks))(*[ctypes.pointer(self._plan(ws, b, shape, total, i, start))
+                                                        for i, start, b in chunks])
+                for ws in self.workspaces]
+        return self.chunk_plans[key]
 
     def _gather_grads(self, total: int, n_slots: int, t: int, parts: int) -> None:
         """Share t of the step's gradients: the convolutions' as the chunk-ordered sum of the slots, fc's and head's

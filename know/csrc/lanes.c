@@ -7,8 +7,8 @@
  * Layouts (float32, contiguous):  activations (B, C, H + 2p, W + 2p, LANES) with a zero border p = ks / 2 where a
  * convolution reads them; conv weights (Co, Ci, ks, ks, LANES); biases (Co, LANES).
  *
- * Entry points: plan_train (forward and backward of one chunk of images) and plan_forward (logits), each a single
- * call per chunk, single-threaded; know/lanes.py runs chunks on several threads, one workspace each. Per step:
+ * Entry points: train_chunks (each thread's share of a step's chunks: forward and backward with plan_train) and
+ * plan_forward (logits of one chunk); know/lanes.py runs them on several threads, one workspace each. Per step:
  * linear_weight_grad, sum_slots, adam_step, flip_transpose.
  */
 #include <stddef.h>
@@ -251,12 +251,46 @@ static void relu_pool_backward(const float *z, const float *g, float *dz, int pl
 /* ------------------------------------------------------------------ the first layer: conv, ReLU and pool fused
  * The first conv output is the largest tensor of the net (Co x H x W per image at full resolution) and the first
  * layer needs no input gradient, so it is never stored: each register block computes the conv outputs of two rows
- * and pools them at once, and the backward recomputes them the same way (cheap: few input channels) and takes the
- * weight gradient straight from the pool's output gradient. */
+ * and pools them at once. For the backward the forward keeps, per pooled value and member, one byte: which of the
+ * window's four values took the gradient (0-3, PyTorch's first maximum in scan order), or 4 when ReLU blocked it. */
+
+/* codes as 16 bytes <-> one int per lane (GCC scalarizes __builtin_convertvector here, so AVX-512 gets intrinsics) */
+#if defined(__AVX512F__) && LANES == 16
+#include <immintrin.h>
+static inline vi load_codes(const unsigned char *p) {
+    return (vi)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+}
+static inline void store_codes(unsigned char *p, vi c) { _mm_storeu_si128((__m128i *)p, _mm512_cvtepi32_epi8((__m512i)c)); }
+/* The code of a window (v00, v01 / v10, v11) with maximum m: mask registers and blends, few vector registers. */
+static inline vi route_code(vf v00, vf v01, vf v10, vf m) {
+    const __mmask16 k00 = _mm512_cmp_ps_mask((__m512)v00, (__m512)m, _CMP_EQ_OQ);
+    const __mmask16 k01 = _mm512_cmp_ps_mask((__m512)v01, (__m512)m, _CMP_EQ_OQ);
+    const __mmask16 k10 = _mm512_cmp_ps_mask((__m512)v10, (__m512)m, _CMP_EQ_OQ);
+    const __mmask16 pos = _mm512_cmp_ps_mask((__m512)m, _mm512_setzero_ps(), _CMP_GT_OQ);
+    __m512i c = _mm512_mask_mov_epi32(_mm512_set1_epi32(3), k10, _mm512_set1_epi32(2));
+    c = _mm512_mask_mov_epi32(c, k01, _mm512_set1_epi32(1));
+    c = _mm512_mask_mov_epi32(c, k00, _mm512_setzero_si512());
+    return (vi)_mm512_mask_mov_epi32(_mm512_set1_epi32(4), pos, c);
+}
+#else
+static inline vi load_codes(const unsigned char *p) {
+    vi c;
+    for (int l = 0; l < LANES; l++) c[l] = p[l];
+    return c;
+}
+static inline void store_codes(unsigned char *p, vi c) {
+    for (int l = 0; l < LANES; l++) p[l] = (unsigned char)c[l];
+}
+static inline vi route_code(vf v00, vf v01, vf v10, vf m) {
+    const vf zero = {0};
+    const vi t00 = (vi)(v00 == m), t01 = (vi)(v01 == m) & ~t00, t10 = (vi)(v10 == m) & ~t00 & ~t01;
+    const vi t11 = ~(t00 | t01 | t10), pos = (vi)(m > zero);
+    return (pos & ((t01 & 1) | (t10 & 2) | (t11 & 3))) | (~pos & 4);
+}
+#endif
 
 /* acc[o][j] = the conv output (bias included) at row 2 py + o, column x0 + j of output channel co, o < 2, j < n,
- * for the padded image in_b (Ci, H + ks - 1, W + ks - 1). The same arithmetic in the forward and the backward, so
- * the recomputed outputs, and with them the pooling's maxima, are bitwise the forward's. */
+ * for the padded image in_b (Ci, H + ks - 1, W + ks - 1). */
 static inline __attribute__((always_inline)) void conv_two_rows(const float *in_b, const float *w, const float *b,
                                                                 int Ci, int H, int W, int ks, int co, int py, int x0,
                                                                 int n, vf acc[2][XB]) {
@@ -289,10 +323,11 @@ static inline __attribute__((always_inline)) void conv_two_rows(const float *in_
         if ((W / 2) * 2 - x0 >= 2) { const int n = 2; __VA_ARGS__ }                                                 \
     }
 
-/* out (B, Co, H/2 + 2 pad, W/2 + 2 pad) interior = maxpool2(relu(conv(in) + b)). */
+/* out (B, Co, H/2 + 2 pad, W/2 + 2 pad) interior = maxpool2(relu(conv(in) + b)); codes (B, Co, H/2, W/2) [may be
+ * NULL] = where each value's gradient goes (see above). */
 static inline __attribute__((always_inline)) void conv_pool(const float *in, const float *w, const float *b,
-                                                            float *out, int B, int Ci, int Co, int H, int W, int ks,
-                                                            int pad) {
+                                                            float *out, unsigned char *codes, int B, int Ci, int Co,
+                                                            int H, int W, int ks, int pad) {
     const int Ho = H / 2, Wo = W / 2, Hop = Ho + 2 * pad, Wop = Wo + 2 * pad;
     const size_t in_image = (size_t)Ci * (H + ks - 1) * (W + ks - 1) * LANES;
     const vf zero = {0};
@@ -300,77 +335,73 @@ static inline __attribute__((always_inline)) void conv_pool(const float *in, con
         for (int co = 0; co < Co; co++)
             for (int py = 0; py < Ho; py++) {
                 float *out_row = out + (((size_t)(bb * Co + co) * Hop + py + pad) * Wop + pad) * LANES;
+                unsigned char *code_row = codes ? codes + ((size_t)(bb * Co + co) * Ho + py) * Wo * LANES : NULL;
                 FOR_PAIR_BLOCKS(W,
                     vf acc[2][XB];
                     conv_two_rows(in + bb * in_image, w, b, Ci, H, W, ks, co, py, x0, n, acc);
-                    for (int q = 0; q < n / 2; q++)
-                        st(out_row + (size_t)(x0 / 2 + q) * LANES,
-                           vmax(vmax(vmax(acc[0][2 * q], acc[0][2 * q + 1]), vmax(acc[1][2 * q], acc[1][2 * q + 1])),
-                                zero));
+                    for (int q = 0; q < n / 2; q++) {
+                        const vf v00 = acc[0][2 * q], v01 = acc[0][2 * q + 1], v10 = acc[1][2 * q];
+                        const vf v11 = acc[1][2 * q + 1], m = vmax(vmax(v00, v01), vmax(v10, v11));
+                        st(out_row + (size_t)(x0 / 2 + q) * LANES, vmax(m, zero));
+                        if (!code_row) continue;
+                        store_codes(code_row + (size_t)(x0 / 2 + q) * LANES, route_code(v00, v01, v10, m));
+                    }
                 )
             }
 }
 
-static void conv_pool_forward(const float *in, const float *w, const float *b, float *out, int B, int Ci, int Co,
-                              int H, int W, int ks, int pad) {
-    if (ks == 3) conv_pool(in, w, b, out, B, Ci, Co, H, W, 3, pad);
-    else conv_pool(in, w, b, out, B, Ci, Co, H, W, ks, pad);
+static void conv_pool_forward(const float *in, const float *w, const float *b, float *out, unsigned char *codes,
+                              int B, int Ci, int Co, int H, int W, int ks, int pad) {
+    if (ks == 3) conv_pool(in, w, b, out, codes, B, Ci, Co, H, W, 3, pad);
+    else conv_pool(in, w, b, out, codes, B, Ci, Co, H, W, ks, pad);
 }
 
 /* dw (Co, Ci, ks, ks) and db (Co) [may be NULL] of the first layer from the pool's output gradient g (B, Co, H/2,
- * W/2): each 2x2 window's gradient goes to its first maximum (PyTorch's tie rule), if that is > 0 (ReLU). */
-static inline __attribute__((always_inline)) void pool_conv_grad(const float *in, const float *w, const float *b,
+ * W/2) and the forward's codes: each 2x2 window's gradient goes to the value its code names. One (co, ci) at a time,
+ * its ks x ks sums stay in registers across the whole chunk. */
+static inline __attribute__((always_inline)) void pool_conv_grad(const float *in, const unsigned char *codes,
                                                                  const float *g, float *dw, float *db, int B, int Ci,
                                                                  int Co, int H, int W, int ks) {
     const int Ho = H / 2, Wo = W / 2, Wp = W + ks - 1, kk = ks * ks;
     const size_t in_image = (size_t)Ci * (H + ks - 1) * Wp * LANES;
-    const vf zero = {0};
-    memset(dw, 0, sizeof(float) * Co * Ci * kk * LANES);
-    for (int co = 0; co < Co; co++) {
-        vf dbias = {0};
-        for (int bb = 0; bb < B; bb++)
-            for (int py = 0; py < Ho; py++) {
-                const float *g_row = g + ((size_t)(bb * Co + co) * Ho + py) * Wo * LANES;
-                FOR_PAIR_BLOCKS(W,
-                    vf d[2][XB]; /* the conv outputs, then their gradients */
-                    conv_two_rows(in + bb * in_image, w, b, Ci, H, W, ks, co, py, x0, n, d);
-                    for (int q = 0; q < n / 2; q++) {
-                        const vf v00 = d[0][2 * q], v01 = d[0][2 * q + 1], v10 = d[1][2 * q], v11 = d[1][2 * q + 1];
-                        const vf m = vmax(vmax(v00, v01), vmax(v10, v11));
-                        const vf gv = vsel((vi)(m > zero), ld(g_row + (size_t)(x0 / 2 + q) * LANES));
-                        const vi t00 = (vi)(v00 == m), t01 = (vi)(v01 == m) & ~t00;
-                        const vi t10 = (vi)(v10 == m) & ~t00 & ~t01;
-                        d[0][2 * q] = vsel(t00, gv); d[0][2 * q + 1] = vsel(t01, gv); d[1][2 * q] = vsel(t10, gv);
-                        d[1][2 * q + 1] = vsel(~(t00 | t01 | t10), gv);
-                        dbias += gv;
-                    }
-                    const float *in_b = in + bb * in_image;
-                    for (int ci = 0; ci < Ci; ci++) {
-                        float *dw_c = dw + ((size_t)co * Ci + ci) * kk * LANES;
-                        const float *in_c = in_b + (size_t)ci * (H + ks - 1) * Wp * LANES;
-                        vf acc[MAX_KS * MAX_KS];
-                        for (int t = 0; t < kk; t++) acc[t] = ld(dw_c + t * LANES);
-                        for (int r = 0; r <= ks; r++) {
-                            const float *row = in_c + ((size_t)(2 * py + r) * Wp + x0) * LANES;
-                            for (int dx = 0; dx < ks; dx++)
-                                for (int o = 0; o < 2; o++) {
-                                    if (r - o < 0 || r - o >= ks) continue;
-                                    for (int j = 0; j < n; j++)
-                                        acc[(r - o) * ks + dx] += d[o][j] * ld(row + (size_t)(j + dx) * LANES);
-                                }
+    for (int co = 0; co < Co; co++)
+        for (int ci = 0; ci < Ci; ci++) {
+            vf acc[MAX_KS * MAX_KS], dbias = {0};
+            for (int t = 0; t < kk; t++) acc[t] = (vf){0};
+            for (int bb = 0; bb < B; bb++)
+                for (int py = 0; py < Ho; py++) {
+                    const float *g_row = g + ((size_t)(bb * Co + co) * Ho + py) * Wo * LANES;
+                    const unsigned char *code_row = codes + ((size_t)(bb * Co + co) * Ho + py) * Wo * LANES;
+                    const float *in_c = in + bb * in_image + (size_t)ci * (H + ks - 1) * Wp * LANES;
+                    FOR_PAIR_BLOCKS(W,
+                        /* output row o of the pair: its gradients d, then their products with input rows o + dy;
+                         * per weight the terms come in the order of the forward's rows (o = 0, then 1) */
+                        _Pragma("GCC unroll 2") for (int o = 0; o < 2; o++) {
+                            vf d[XB];
+                            for (int q = 0; q < n / 2; q++) {
+                                const vi code = load_codes(code_row + (size_t)(x0 / 2 + q) * LANES);
+                                const vf gv = ld(g_row + (size_t)(x0 / 2 + q) * LANES);
+                                d[2 * q] = vsel((vi)(code == 2 * o), gv);
+                                d[2 * q + 1] = vsel((vi)(code == 2 * o + 1), gv);
+                                if (ci == 0 && o == 0) dbias += vsel((vi)(code < 4), gv);
+                            }
+                            const float *rows = in_c + ((size_t)(2 * py + o) * Wp + x0) * LANES;
+                            _Pragma("GCC unroll 8") for (int j = 0; j < n; j++) /* j outermost: 9 independent sums */
+                                _Pragma("GCC unroll 5") for (int dy = 0; dy < ks; dy++)
+                                    _Pragma("GCC unroll 5") for (int dx = 0; dx < ks; dx++)
+                                        acc[dy * ks + dx] += d[j] * ld(rows + ((size_t)dy * Wp + j + dx) * LANES);
                         }
-                        for (int t = 0; t < kk; t++) st(dw_c + t * LANES, acc[t]);
-                    }
-                )
-            }
-        if (db) st(db + (size_t)co * LANES, dbias);
-    }
+                    )
+                }
+            for (int t = 0; t < kk; t++) st(dw + (((size_t)co * Ci + ci) * kk + t) * LANES, acc[t]);
+            if (db && ci == 0) st(db + (size_t)co * LANES, dbias);
+        }
 }
 
-static void pool_conv_weight_grad(const float *in, const float *w, const float *b, const float *g, float *dw,
-                                  float *db, int B, int Ci, int Co, int H, int W, int ks) {
-    if (ks == 3) pool_conv_grad(in, w, b, g, dw, db, B, Ci, Co, H, W, 3);
-    else pool_conv_grad(in, w, b, g, dw, db, B, Ci, Co, H, W, ks);
+static void pool_conv_weight_grad(const float *in, const unsigned char *codes, const float *g, float *dw, float *db,
+                                  int B, int Ci, int Co, int H, int W, int ks) {
+    if (ks == 3) pool_conv_grad(in, codes, g, dw, db, B, Ci, Co, H, W, 3);
+    else pool_conv_grad(in, codes, g, dw, db, B, Ci, Co, H, W, ks);
 }
 
 /* ----------------------------------------------------------------------------------- a whole SimpleNet chunk */
@@ -381,11 +412,12 @@ static void pool_conv_weight_grad(const float *in, const float *w, const float *
  * training, x[n_conv], act, dact and dlogits point at the chunk's rows of whole-batch buffers, from which
  * linear_weight_grad takes the fc and head weight gradients once per step. */
 struct plan {
-    int n_conv, b, k, total, hidden, classes, features;
+    int n_conv, b, k, total, hidden, classes, features, start; /* start: the chunk's first image in the batch */
     int ci[MAX_CONVS], co[MAX_CONVS], h[MAX_CONVS], w[MAX_CONVS], ks[MAX_CONVS];
     const float *wt[MAX_CONVS], *bias[MAX_CONVS], *wflip[MAX_CONVS];
     float *x[MAX_CONVS + 1]; /* x[i]: padded input of conv i; x[n_conv]: the last pooled map = the fc input */
     float *z[MAX_CONVS]; /* conv outputs (z[0] is never stored, see conv_pool_forward) */
+    unsigned char *codes0; /* the first pool's gradient routes (training only; NULL: not kept) */
     float *dz[MAX_CONVS], *da[MAX_CONVS], *dw[MAX_CONVS], *db[MAX_CONVS];
     const float *fc_w, *fc_b, *fc_wt, *head_w, *head_b, *head_wt;
     float *fc_out, *act, *logits, *dlogits, *dact, *dfeats;
@@ -408,8 +440,8 @@ static void stage(const struct plan *p, const float *src, long member_stride, lo
 }
 
 static void forward(const struct plan *p) {
-    conv_pool_forward(p->x[0], p->wt[0], p->bias[0], p->x[1], p->b, p->ci[0], p->co[0], p->h[0], p->w[0], p->ks[0],
-                      pad_of(p, 1));
+    conv_pool_forward(p->x[0], p->wt[0], p->bias[0], p->x[1], p->codes0, p->b, p->ci[0], p->co[0], p->h[0], p->w[0],
+                      p->ks[0], pad_of(p, 1));
     for (int i = 1; i < p->n_conv; i++) {
         conv_forward(p->x[i], p->wt[i], p->bias[i], p->z[i], p->b, p->ci[i], p->co[i], p->h[i], p->w[i], p->ks[i]);
         relu_pool_forward(p->z[i], p->x[i + 1], p->b * p->co[i], p->h[i], p->w[i], pad_of(p, i + 1));
@@ -456,14 +488,26 @@ void plan_train(const struct plan *p, const float *src, long member_stride, long
     const float *g = p->dfeats; /* = the gradient of the last pooled map */
     for (int i = p->n_conv - 1; i >= 0; i--) {
         const int b = p->b, ci = p->ci[i], co = p->co[i], h = p->h[i], w = p->w[i], ks = p->ks[i];
-        if (i == 0) { /* no input gradient needed; its conv output is recomputed image by image */
-            pool_conv_weight_grad(p->x[0], p->wt[0], p->bias[0], g, p->dw[0], p->db[0], b, ci, co, h, w, ks);
+        if (i == 0) { /* no input gradient needed; the forward's codes route the pool's gradient */
+            pool_conv_weight_grad(p->x[0], p->codes0, g, p->dw[0], p->db[0], b, ci, co, h, w, ks);
             break;
         }
         relu_pool_backward(p->z[i], g, p->dz[i], b * co, h, w, ks / 2);
         conv_weight_grad(p->x[i], p->dz[i], p->dw[i], p->db[i], b, ci, co, h, w, ks);
         conv_forward(p->dz[i], p->wflip[i], NULL, p->da[i], b, co, ci, h, w, ks);
         g = p->da[i];
+    }
+}
+
+/* One thread's part of a training step: it takes chunks i = (*next)++ until all n are taken, each with its own plan
+ * plans[i] (this thread's workspace), so a faster thread takes more; chunk i's summed losses go to losses[i * LANES].
+ * src and labels are the whole batch's, as for plan_train. */
+void train_chunks(struct plan *const *plans, int n, int *next, const float *src, long member_stride,
+                  long image_stride, const long *labels, long label_stride, float *losses) {
+    for (int i; (i = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED)) < n;) {
+        const struct plan *p = plans[i];
+        plan_train(p, src + (size_t)p->start * image_stride, member_stride, image_stride, labels + p->start,
+                   label_stride, losses + (size_t)i * LANES);
     }
 }
 
