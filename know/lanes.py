@@ -35,7 +35,7 @@ class _Plan(ctypes.Structure):
     _fields_ = ([(n, _I) for n in ("n_conv", "b", "k", "total", "hidden", "classes", "features", "start")]
                 + [(n, _I * MAX_CONVS) for n in ("ci", "co", "h", "w", "ks")]
                 + [(n, _P * MAX_CONVS) for n in ("wt", "bias", "wflip")] + [("x", _P * (MAX_CONVS + 1))]
-                + [("z", _P * MAX_CONVS), ("codes0", _P)] + [(n, _P * MAX_CONVS) for n in ("dz", "da", "dw", "db")]
+                + [(n, _P * MAX_CONVS) for n in ("z", "codes", "dz", "da", "dw", "db")]
                 + [(n, _P) for n in ("fc_w", "fc_b", "fc_wt", "head_w", "head_b", "head_wt", "fc_out", "act",
                                      "logits", "dlogits", "dact", "dfeats")])
 
@@ -206,9 +206,9 @@ class LaneNet:
             p.wflip[i] = _ptr(self.flipped[name]) if i > 0 else None
             if i == 0:
                 p.x[0] = _ptr(ws.buf("x0", b, ci, h + 2 * pad, w + 2 * pad))
-                if slot is not None:  # the first pool's gradient routes, one byte per value and member
-                    p.codes0 = ws.buf("codes0", b, co, h // 2, w // 2, dtype=torch.uint8).data_ptr()
-            p.z[i] = _ptr(ws.buf(f"z{i}", b, co, h, w)) if i > 0 else None  # the first is pooled in registers
+            if slot is not None:  # the pool's gradient routes, one byte per pooled value and member
+                p.codes[i] = ws.buf(f"codes{i}", b, co, h // 2, w // 2, dtype=torch.uint8).data_ptr()
+            p.z[i] = _ptr(ws.buf(f"z{i}", co, 2, w)) if i > 0 else None  # two conv rows (the first: registers)
             p.dz[i] = _ptr(ws.buf(f"dz{i}", b, co, h + 2 * pad, w + 2 * pad)) if i > 0 else None
             p.da[i] = _ptr(ws.buf(f"da{i}", b, ci, h, w)) if i > 0 else None
             p.dw[i], p.db[i] = grad(name + ".weight"), grad(name + ".bias")

@@ -31,12 +31,52 @@ static inline vf vsel(vi m, vf a) { return (vf)((vi)a & m); }
 
 int lanes(void) { return LANES; }
 
+/* A 2x2 max-pool's gradient route per member: which of the window's values (0: top left, 1: top right, 2, 3: the
+ * bottom row) is its first maximum in scan order, which takes the gradient as in PyTorch, or 4 when ReLU blocks it
+ * (maximum <= 0). Kept as one byte per pooled value and member by the forward, for the backward. */
+/* codes as 16 bytes <-> one int per lane (GCC scalarizes __builtin_convertvector here, so AVX-512 gets intrinsics) */
+#if defined(__AVX512F__) && LANES == 16
+#include <immintrin.h>
+static inline vi load_codes(const unsigned char *p) {
+    return (vi)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+}
+static inline void store_codes(unsigned char *p, vi c) { _mm_storeu_si128((__m128i *)p, _mm512_cvtepi32_epi8((__m512i)c)); }
+/* The code of a window (v00, v01 / v10, v11) with maximum m: mask registers and blends, few vector registers. */
+static inline vi route_code(vf v00, vf v01, vf v10, vf m) {
+    const __mmask16 k00 = _mm512_cmp_ps_mask((__m512)v00, (__m512)m, _CMP_EQ_OQ);
+    const __mmask16 k01 = _mm512_cmp_ps_mask((__m512)v01, (__m512)m, _CMP_EQ_OQ);
+    const __mmask16 k10 = _mm512_cmp_ps_mask((__m512)v10, (__m512)m, _CMP_EQ_OQ);
+    const __mmask16 pos = _mm512_cmp_ps_mask((__m512)m, _mm512_setzero_ps(), _CMP_GT_OQ);
+    __m512i c = _mm512_mask_mov_epi32(_mm512_set1_epi32(3), k10, _mm512_set1_epi32(2));
+    c = _mm512_mask_mov_epi32(c, k01, _mm512_set1_epi32(1));
+    c = _mm512_mask_mov_epi32(c, k00, _mm512_setzero_si512());
+    return (vi)_mm512_mask_mov_epi32(_mm512_set1_epi32(4), pos, c);
+}
+#else
+static inline vi load_codes(const unsigned char *p) {
+    vi c;
+    for (int l = 0; l < LANES; l++) c[l] = p[l];
+    return c;
+}
+static inline void store_codes(unsigned char *p, vi c) {
+    for (int l = 0; l < LANES; l++) p[l] = (unsigned char)c[l];
+}
+static inline vi route_code(vf v00, vf v01, vf v10, vf m) {
+    const vf zero = {0};
+    const vi t00 = (vi)(v00 == m), t01 = (vi)(v01 == m) & ~t00, t10 = (vi)(v10 == m) & ~t00 & ~t01;
+    const vi t11 = ~(t00 | t01 | t10), pos = (vi)(m > zero);
+    return (pos & ((t01 & 1) | (t10 & 2) | (t11 & 3))) | (~pos & 4);
+}
+#endif
+
 /* ------------------------------------------------------------------------------- convolution, stride 1, 'same' */
 struct conv { const float *in, *w, *b; float *out; int B, Ci, Co, H, W, ks; };
 
-/* out[y, x0 .. x0 + n) of output channels co .. co + nc, image bb: a register block of nc x n vectors. */
-static inline __attribute__((always_inline)) void conv_block(const struct conv *a, const float *in_b, float *out_b,
-                                                             int co, int nc, int y, int x0, int n, int ks) {
+/* Output row y, columns x0 .. x0 + n, of channels co .. co + nc of one image (input in_b): a register block of
+ * nc x n vectors, written to out_row + c co_stride + x (out_row: channel co's row, column 0). */
+static inline __attribute__((always_inline)) void conv_block(const struct conv *a, const float *in_b, float *out_row,
+                                                             size_t co_stride, int co, int nc, int y, int x0, int n,
+                                                             int ks) {
     const int Hp = a->H + ks - 1, Wp = a->W + ks - 1, wstride = a->Ci * ks * ks * LANES;
     const float *w0 = a->w + (size_t)co * wstride;
     vf acc[COB][XB];
@@ -57,20 +97,28 @@ static inline __attribute__((always_inline)) void conv_block(const struct conv *
                 }
             }
         }
-    for (int c = 0; c < nc; c++) {
-        float *out_row = out_b + ((size_t)((co + c) * a->H + y) * a->W + x0) * LANES;
-        for (int j = 0; j < n; j++) st(out_row + (size_t)j * LANES, acc[c][j]);
-    }
+    for (int c = 0; c < nc; c++)
+        for (int j = 0; j < n; j++) st(out_row + c * co_stride + (size_t)(x0 + j) * LANES, acc[c][j]);
 }
 
-static inline __attribute__((always_inline)) void conv_cols(const struct conv *a, const float *in_b, float *out_b,
-                                                            int co, int nc, int y, int ks) {
+static inline __attribute__((always_inline)) void conv_cols(const struct conv *a, const float *in_b, float *out_row,
+                                                            size_t co_stride, int co, int nc, int y, int ks) {
     const int W = a->W;
     int x = 0;
-    for (; x + XB <= W; x += XB) conv_block(a, in_b, out_b, co, nc, y, x, XB, ks);
-    if (W - x >= 4) { conv_block(a, in_b, out_b, co, nc, y, x, 4, ks); x += 4; }
-    if (W - x >= 2) { conv_block(a, in_b, out_b, co, nc, y, x, 2, ks); x += 2; }
-    if (W - x >= 1) conv_block(a, in_b, out_b, co, nc, y, x, 1, ks);
+    for (; x + XB <= W; x += XB) conv_block(a, in_b, out_row, co_stride, co, nc, y, x, XB, ks);
+    if (W - x >= 4) { conv_block(a, in_b, out_row, co_stride, co, nc, y, x, 4, ks); x += 4; }
+    if (W - x >= 2) { conv_block(a, in_b, out_row, co_stride, co, nc, y, x, 2, ks); x += 2; }
+    if (W - x >= 1) conv_block(a, in_b, out_row, co_stride, co, nc, y, x, 1, ks);
+}
+
+/* Output row y of every channel of one image: out_row(co) = out + co co_stride. Input rows stay in L1 meanwhile. */
+static inline __attribute__((always_inline)) void conv_row(const struct conv *a, const float *in_b, float *out,
+                                                           size_t co_stride, int y, int ks) {
+    int co = 0;
+    if (a->W < XB) /* narrow rows: more output channels per block keep enough accumulators busy */
+        for (; co + 4 <= a->Co; co += 4) conv_cols(a, in_b, out + co * co_stride, co_stride, co, 4, y, ks);
+    for (; co + 2 <= a->Co; co += 2) conv_cols(a, in_b, out + co * co_stride, co_stride, co, 2, y, ks);
+    for (; co < a->Co; co++) conv_cols(a, in_b, out + co * co_stride, co_stride, co, 1, y, ks);
 }
 
 static inline __attribute__((always_inline)) void conv_rows(const struct conv *a, int lo, int hi, int ks) {
@@ -78,13 +126,8 @@ static inline __attribute__((always_inline)) void conv_rows(const struct conv *a
     for (int bb = lo; bb < hi; bb++) {
         const float *in_b = a->in + (size_t)bb * a->Ci * Hp * Wp * LANES;
         float *out_b = a->out + (size_t)bb * a->Co * a->H * a->W * LANES;
-        for (int y = 0; y < a->H; y++) { /* all output channels of a row: its input rows stay in L1 */
-            int co = 0;
-            if (a->W < XB) /* narrow rows: more output channels per block keep enough accumulators busy */
-                for (; co + 4 <= a->Co; co += 4) conv_cols(a, in_b, out_b, co, 4, y, ks);
-            for (; co + 2 <= a->Co; co += 2) conv_cols(a, in_b, out_b, co, 2, y, ks);
-            for (; co < a->Co; co++) conv_cols(a, in_b, out_b, co, 1, y, ks);
-        }
+        for (int y = 0; y < a->H; y++)
+            conv_row(a, in_b, out_b + (size_t)y * a->W * LANES, (size_t)a->H * a->W * LANES, y, ks);
     }
 }
 
@@ -186,66 +229,69 @@ static void conv_weight_grad(const float *in, const float *dout, float *dw, floa
     conv_grad_range(&a, 0, Co);
 }
 
-/* ------------------------------------------------------------------------ ReLU then 2x2 max-pool, stride 2 */
-struct pool { const float *z, *g; float *out; int planes, H, W, pad; };
+/* --------------------------------------------------------- conv, ReLU and 2x2 max-pool (stride 2) fused
+ * A pooled layer's conv output is never stored whole: each pair of output rows of all channels goes to a scratch of
+ * (Co, 2, W) vectors that stays in L1, and is pooled at once; the backward needs only the routes (codes). */
+struct conv_pool { struct conv c; float *rows; float *out; unsigned char *codes; int pad; };
 
-static void pool_range(const void *p, int lo, int hi) {
-    const struct pool *a = p;
-    const int H = a->H, W = a->W, Ho = H / 2, Wo = W / 2, Wop = Wo + 2 * a->pad, Hop = Ho + 2 * a->pad;
+/* out (B, Co, H/2 + 2 pad, W/2 + 2 pad) interior = maxpool2(relu(conv(in) + b)), and codes (B, Co, H/2, W/2)
+ * [may be NULL]; the border is not touched. With odd H or W the last row or column is outside every window. */
+static inline __attribute__((always_inline)) void conv_pool_rows(const struct conv_pool *a, int ks) {
+    const struct conv *c = &a->c;
+    const int H = c->H, W = c->W, Ho = H / 2, Wo = W / 2, Hop = Ho + 2 * a->pad, Wop = Wo + 2 * a->pad;
+    const size_t co_stride = (size_t)2 * W * LANES;
     const vf zero = {0};
-    for (int pl = lo; pl < hi; pl++) {
-        const float *z = a->z + (size_t)pl * H * W * LANES;
-        float *out = a->out + (size_t)pl * Hop * Wop * LANES;
-        for (int y = 0; y < Ho; y++)
-            for (int x = 0; x < Wo; x++) {
-                const float *q = z + ((size_t)(2 * y) * W + 2 * x) * LANES;
-                const vf m = vmax(vmax(ld(q), ld(q + LANES)), vmax(ld(q + W * LANES), ld(q + (W + 1) * LANES)));
-                st(out + ((size_t)(y + a->pad) * Wop + x + a->pad) * LANES, vmax(m, zero));
+    for (int bb = 0; bb < c->B; bb++) {
+        const float *in_b = c->in + (size_t)bb * c->Ci * (H + ks - 1) * (W + ks - 1) * LANES;
+        for (int py = 0; py < Ho; py++) {
+            for (int o = 0; o < 2; o++) conv_row(c, in_b, a->rows + (size_t)o * W * LANES, co_stride, 2 * py + o, ks);
+            for (int co = 0; co < c->Co; co++) {
+                const float *r0 = a->rows + co * co_stride, *r1 = r0 + (size_t)W * LANES;
+                float *out_row = a->out + (((size_t)(bb * c->Co + co) * Hop + py + a->pad) * Wop + a->pad) * LANES;
+                unsigned char *code_row = a->codes ? a->codes + ((size_t)(bb * c->Co + co) * Ho + py) * Wo * LANES
+                                                   : NULL;
+                for (int px = 0; px < Wo; px++) {
+                    const vf v00 = ld(r0 + (size_t)2 * px * LANES), v01 = ld(r0 + (size_t)(2 * px + 1) * LANES);
+                    const vf v10 = ld(r1 + (size_t)2 * px * LANES), v11 = ld(r1 + (size_t)(2 * px + 1) * LANES);
+                    const vf m = vmax(vmax(v00, v01), vmax(v10, v11));
+                    st(out_row + (size_t)px * LANES, vmax(m, zero));
+                    if (code_row) store_codes(code_row + (size_t)px * LANES, route_code(v00, v01, v10, m));
+                }
             }
+        }
     }
 }
 
-/* out (planes, Ho + 2 pad, Wo + 2 pad) interior = maxpool2(relu(z (planes, H, W))); the border is not touched. */
-static void relu_pool_forward(const float *z, float *out, int planes, int H, int W, int pad) {
-    const struct pool a = {z, NULL, out, planes, H, W, pad};
-    pool_range(&a, 0, planes);
+static void conv_pool_layer(const float *in, const float *w, const float *b, float *rows, float *out,
+                            unsigned char *codes, int B, int Ci, int Co, int H, int W, int ks, int pad) {
+    const struct conv_pool a = {{in, w, b, NULL, B, Ci, Co, H, W, ks}, rows, out, codes, pad};
+    if (ks == 3) conv_pool_rows(&a, 3);
+    else conv_pool_rows(&a, ks);
 }
 
-static void pool_grad_range(const void *p, int lo, int hi) {
-    const struct pool *a = p;
-    const int H = a->H, W = a->W, Ho = H / 2, Wo = W / 2, pad = a->pad, Wp = W + 2 * pad, Hp = H + 2 * pad;
-    const vf zero = {0};
-    for (int pl = lo; pl < hi; pl++) {
-        const float *z = a->z + (size_t)pl * H * W * LANES;
-        const float *g = a->g + (size_t)pl * Ho * Wo * LANES;
-        float *dz = a->out + (size_t)pl * Hp * Wp * LANES;
+/* dz (planes, H + 2 pad, W + 2 pad) interior = the pool's input gradient: each value of g (planes, H/2, W/2) goes
+ * where its code sends it; the border is not touched (keep it zero for the convolutions that read dz). */
+static void route_backward(const unsigned char *codes, const float *g, float *dz, int planes, int H, int W, int pad) {
+    const int Ho = H / 2, Wo = W / 2, Wp = W + 2 * pad;
+    for (int pl = 0; pl < planes; pl++) {
+        const unsigned char *c = codes + (size_t)pl * Ho * Wo * LANES;
+        const float *gp = g + (size_t)pl * Ho * Wo * LANES;
+        float *d = dz + (size_t)pl * (H + 2 * pad) * Wp * LANES;
         if (H % 2) /* the row and column outside every window (odd sizes) get no gradient */
-            memset(dz + ((size_t)(H - 1 + pad) * Wp + pad) * LANES, 0, sizeof(float) * W * LANES);
+            memset(d + ((size_t)(H - 1 + pad) * Wp + pad) * LANES, 0, sizeof(float) * W * LANES);
         if (W % 2)
-            for (int y = 0; y < H; y++) memset(dz + ((size_t)(y + pad) * Wp + W - 1 + pad) * LANES, 0, sizeof(vf));
+            for (int y = 0; y < H; y++) memset(d + ((size_t)(y + pad) * Wp + W - 1 + pad) * LANES, 0, sizeof(vf));
         for (int y = 0; y < Ho; y++)
             for (int x = 0; x < Wo; x++) {
-                const size_t i00 = (size_t)(2 * y) * W + 2 * x, o00 = (size_t)(2 * y + pad) * Wp + 2 * x + pad;
-                const vf v00 = ld(z + i00 * LANES), v01 = ld(z + (i00 + 1) * LANES);
-                const vf v10 = ld(z + (i00 + W) * LANES), v11 = ld(z + (i00 + W + 1) * LANES);
-                const vf m = vmax(vmax(v00, v01), vmax(v10, v11));
-                const vf gv = vsel((vi)(m > zero), ld(g + ((size_t)y * Wo + x) * LANES)); /* ReLU passes m > 0 */
-                /* the first maximum in scan order takes the gradient, as in PyTorch's max_pool2d */
-                const vi t00 = (vi)(v00 == m), t01 = (vi)(v01 == m) & ~t00, t10 = (vi)(v10 == m) & ~t00 & ~t01;
-                const vi t11 = ~(t00 | t01 | t10);
-                st(dz + o00 * LANES, vsel(t00, gv));
-                st(dz + (o00 + 1) * LANES, vsel(t01, gv));
-                st(dz + (o00 + Wp) * LANES, vsel(t10, gv));
-                st(dz + (o00 + Wp + 1) * LANES, vsel(t11, gv));
+                const vi code = load_codes(c + ((size_t)y * Wo + x) * LANES);
+                const vf gv = ld(gp + ((size_t)y * Wo + x) * LANES);
+                const size_t o00 = (size_t)(2 * y + pad) * Wp + 2 * x + pad;
+                st(d + o00 * LANES, vsel((vi)(code == 0), gv));
+                st(d + (o00 + 1) * LANES, vsel((vi)(code == 1), gv));
+                st(d + (o00 + Wp) * LANES, vsel((vi)(code == 2), gv));
+                st(d + (o00 + Wp + 1) * LANES, vsel((vi)(code == 3), gv));
             }
     }
-}
-
-/* dz (planes, H + 2 pad, W + 2 pad) interior = the gradient of relu_pool_forward at z, given its output gradient
- * g (planes, Ho, Wo); the border is not touched (keep it zero for the convolution gradients that read dz). */
-static void relu_pool_backward(const float *z, const float *g, float *dz, int planes, int H, int W, int pad) {
-    const struct pool a = {z, g, dz, planes, H, W, pad};
-    pool_grad_range(&a, 0, planes);
 }
 
 /* ------------------------------------------------------------------ the first layer: conv, ReLU and pool fused
@@ -254,40 +300,6 @@ static void relu_pool_backward(const float *z, const float *g, float *dz, int pl
  * and pools them at once. For the backward the forward keeps, per pooled value and member, one byte: which of the
  * window's four values took the gradient (0-3, PyTorch's first maximum in scan order), or 4 when ReLU blocked it. */
 
-/* codes as 16 bytes <-> one int per lane (GCC scalarizes __builtin_convertvector here, so AVX-512 gets intrinsics) */
-#if defined(__AVX512F__) && LANES == 16
-#include <immintrin.h>
-static inline vi load_codes(const unsigned char *p) {
-    return (vi)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-}
-static inline void store_codes(unsigned char *p, vi c) { _mm_storeu_si128((__m128i *)p, _mm512_cvtepi32_epi8((__m512i)c)); }
-/* The code of a window (v00, v01 / v10, v11) with maximum m: mask registers and blends, few vector registers. */
-static inline vi route_code(vf v00, vf v01, vf v10, vf m) {
-    const __mmask16 k00 = _mm512_cmp_ps_mask((__m512)v00, (__m512)m, _CMP_EQ_OQ);
-    const __mmask16 k01 = _mm512_cmp_ps_mask((__m512)v01, (__m512)m, _CMP_EQ_OQ);
-    const __mmask16 k10 = _mm512_cmp_ps_mask((__m512)v10, (__m512)m, _CMP_EQ_OQ);
-    const __mmask16 pos = _mm512_cmp_ps_mask((__m512)m, _mm512_setzero_ps(), _CMP_GT_OQ);
-    __m512i c = _mm512_mask_mov_epi32(_mm512_set1_epi32(3), k10, _mm512_set1_epi32(2));
-    c = _mm512_mask_mov_epi32(c, k01, _mm512_set1_epi32(1));
-    c = _mm512_mask_mov_epi32(c, k00, _mm512_setzero_si512());
-    return (vi)_mm512_mask_mov_epi32(_mm512_set1_epi32(4), pos, c);
-}
-#else
-static inline vi load_codes(const unsigned char *p) {
-    vi c;
-    for (int l = 0; l < LANES; l++) c[l] = p[l];
-    return c;
-}
-static inline void store_codes(unsigned char *p, vi c) {
-    for (int l = 0; l < LANES; l++) p[l] = (unsigned char)c[l];
-}
-static inline vi route_code(vf v00, vf v01, vf v10, vf m) {
-    const vf zero = {0};
-    const vi t00 = (vi)(v00 == m), t01 = (vi)(v01 == m) & ~t00, t10 = (vi)(v10 == m) & ~t00 & ~t01;
-    const vi t11 = ~(t00 | t01 | t10), pos = (vi)(m > zero);
-    return (pos & ((t01 & 1) | (t10 & 2) | (t11 & 3))) | (~pos & 4);
-}
-#endif
 
 /* acc[o][j] = the conv output (bias included) at row 2 py + o, column x0 + j of output channel co, o < 2, j < n,
  * for the padded image in_b (Ci, H + ks - 1, W + ks - 1). */
@@ -416,8 +428,8 @@ struct plan {
     int ci[MAX_CONVS], co[MAX_CONVS], h[MAX_CONVS], w[MAX_CONVS], ks[MAX_CONVS];
     const float *wt[MAX_CONVS], *bias[MAX_CONVS], *wflip[MAX_CONVS];
     float *x[MAX_CONVS + 1]; /* x[i]: padded input of conv i; x[n_conv]: the last pooled map = the fc input */
-    float *z[MAX_CONVS]; /* conv outputs (z[0] is never stored, see conv_pool_forward) */
-    unsigned char *codes0; /* the first pool's gradient routes (training only; NULL: not kept) */
+    float *z[MAX_CONVS]; /* z[i], i > 0: two rows of conv i's output, the scratch of its pooling (conv_pool_rows) */
+    unsigned char *codes[MAX_CONVS]; /* each pool's gradient routes (training; NULL: not kept) */
     float *dz[MAX_CONVS], *da[MAX_CONVS], *dw[MAX_CONVS], *db[MAX_CONVS];
     const float *fc_w, *fc_b, *fc_wt, *head_w, *head_b, *head_wt;
     float *fc_out, *act, *logits, *dlogits, *dact, *dfeats;
@@ -440,11 +452,11 @@ static void stage(const struct plan *p, const float *src, long member_stride, lo
 }
 
 static void forward(const struct plan *p) {
-    conv_pool_forward(p->x[0], p->wt[0], p->bias[0], p->x[1], p->codes0, p->b, p->ci[0], p->co[0], p->h[0], p->w[0],
-                      p->ks[0], pad_of(p, 1));
+    conv_pool_forward(p->x[0], p->wt[0], p->bias[0], p->x[1], p->codes[0], p->b, p->ci[0], p->co[0], p->h[0],
+                      p->w[0], p->ks[0], pad_of(p, 1));
     for (int i = 1; i < p->n_conv; i++) {
-        conv_forward(p->x[i], p->wt[i], p->bias[i], p->z[i], p->b, p->ci[i], p->co[i], p->h[i], p->w[i], p->ks[i]);
-        relu_pool_forward(p->z[i], p->x[i + 1], p->b * p->co[i], p->h[i], p->w[i], pad_of(p, i + 1));
+        conv_pool_layer(p->x[i], p->wt[i], p->bias[i], p->z[i], p->x[i + 1], p->codes[i], p->b, p->ci[i], p->co[i],
+                        p->h[i], p->w[i], p->ks[i], pad_of(p, i + 1));
     }
     conv_forward(p->x[p->n_conv], p->fc_w, p->fc_b, p->fc_out, p->b, p->features, p->hidden, 1, 1, 1);
     const vf zero = {0};
@@ -489,10 +501,10 @@ void plan_train(const struct plan *p, const float *src, long member_stride, long
     for (int i = p->n_conv - 1; i >= 0; i--) {
         const int b = p->b, ci = p->ci[i], co = p->co[i], h = p->h[i], w = p->w[i], ks = p->ks[i];
         if (i == 0) { /* no input gradient needed; the forward's codes route the pool's gradient */
-            pool_conv_weight_grad(p->x[0], p->codes0, g, p->dw[0], p->db[0], b, ci, co, h, w, ks);
+            pool_conv_weight_grad(p->x[0], p->codes[0], g, p->dw[0], p->db[0], b, ci, co, h, w, ks);
             break;
         }
-        relu_pool_backward(p->z[i], g, p->dz[i], b * co, h, w, ks / 2);
+        route_backward(p->codes[i], g, p->dz[i], b * co, h, w, ks / 2);
         conv_weight_grad(p->x[i], p->dz[i], p->dw[i], p->db[i], b, ci, co, h, w, ks);
         conv_forward(p->dz[i], p->wflip[i], NULL, p->da[i], b, co, ci, h, w, ks);
         g = p->da[i];
