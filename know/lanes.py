@@ -40,6 +40,18 @@ class _Plan(ctypes.Structure):
                                      "logits", "dlogits", "dact", "dfeats")])
 
 
+class _Step(ctypes.Structure):
+    """`struct step` of lanes.c: what the threads of one training step share."""
+    _fields_ = ([(n, _I) for n in ("n_chunks", "parts", "total")] + [("counters", _P), ("src", _P)]
+                + [(n, ctypes.c_long) for n in ("member_stride", "image_stride")] + [("labels", _P)]
+                + [("label_stride", ctypes.c_long), ("losses", _P), ("grads", _P), ("slots", _P)]
+                + [(n, ctypes.c_long) for n in ("slot_stride", "conv_vectors")]
+                + [(n, _P * 2) for n in ("dense_in", "dense_dout", "dense_dw", "dense_db")]
+                + [(n, _I * 2) for n in ("dense_ci", "dense_co")]
+                + [(n, _P) for n in ("params", "exp_avg", "exp_avg_sq", "lr")] + [("n_params", ctypes.c_long)]
+                + [(n, ctypes.c_float) for n in ("w1", "b2", "w2", "eps", "bc1", "bc2_sqrt")])
+
+
 @lru_cache(maxsize=None)
 def library() -> ctypes.CDLL | None:
     """The compiled lane kernels, or None (with a warning when a compiler is missing or the build fails)."""
@@ -47,14 +59,10 @@ def library() -> ctypes.CDLL | None:
     if lib is None:
         return None
     lib.plan_forward.argtypes = [ctypes.POINTER(_Plan), ctypes.c_void_p, ctypes.c_long, ctypes.c_long]
-    lib.train_chunks.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
-                                 ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
+    lib.train_step.argtypes = [ctypes.POINTER(_Step), ctypes.c_void_p]
     lib.adam_step.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_void_p] + [ctypes.c_float] * 6
     lib.flip_transpose.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 3
-    lib.sum_slots.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-    lib.linear_weight_grad.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5
-    for fn in (lib.plan_forward, lib.train_chunks, lib.adam_step, lib.flip_transpose, lib.sum_slots,
-               lib.linear_weight_grad):
+    for fn in (lib.plan_forward, lib.train_step, lib.adam_step, lib.flip_transpose):
         fn.restype = None
     return lib
 
@@ -112,7 +120,7 @@ class LaneNet:
     place. `loss_and_grads` returns gradients that are views of buffers the next call overwrites.
 
     A step cuts the batch into chunks of TRAIN_CHUNK images (more for large batches) that `threads` threads take in
-    turn as they finish, each with its own workspace, in one C call per thread (`train_chunks`, which releases the
+    turn as they finish, each with its own workspace, in one C call per thread (`train_step`, which releases the
     GIL and takes chunks from a shared counter), so a slower core simply takes fewer. Each chunk writes its own
     gradient slot and the slots are summed in chunk order: the result does not depend on which thread took which
     chunk."""
@@ -148,7 +156,7 @@ class LaneNet:
         assert names[-4:] == dense, f"SimpleNet's parameters end with fc and head, got {names[-4:]}"
         self.conv_vectors = sum(self.shapes[n].numel() for n in names[:-4])  # the part each chunk's slot holds
         self.batch_buffers: dict[int, dict[str, Tensor]] = {}
-        self.chunk_plans: dict[tuple, list[ctypes.Array]] = {}
+        self.steps: dict[tuple, tuple[_Step, list[ctypes.Array]]] = {}
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     @classmethod
@@ -279,49 +287,51 @@ class LaneNet:
     @torch.no_grad()
     def loss_and_grads(self, xs: Tensor, ys: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-member inputs (K, B, C, H, W) and labels (K, B) -> mean loss (K,) and gradients {name: (K, ...)}."""
+        return self._step(xs, ys, None), self.grads
+
+    def train_step(self, xs: Tensor, ys: Tensor, adam: LaneAdam) -> Tensor:
+        """`loss_and_grads` and then `adam.step()`, in one pass of the threads (Adam on the gradients while they are
+        in cache). Returns the mean loss (K,)."""
+        return self._step(xs, ys, adam)
+
+    def _step(self, xs: Tensor, ys: Tensor, adam: LaneAdam | None) -> Tensor:
         xs, ys = xs.float().contiguous(), ys.long().contiguous()
-        total, image = xs.shape[1], xs[0, 0].numel()
+        total = xs.shape[1]
         for n, out in self.flipped.items():  # convolutions flipped and transposed, Linear layers transposed
             w = self._weight(n)
             self.lib.flip_transpose(w.data_ptr(), out.data_ptr(), w.shape[0], w.shape[1],
                                     w.shape[2] if w.dim() == 5 else 1)
-        plans = self._train_plans(total, tuple(xs.shape[2:]))
-        n = len(plans[0])
-        losses, next_chunk = torch.zeros(n, self.lanes), ctypes.c_int(0)
-        self.shares(lambda t, parts: self.lib.train_chunks(
-            plans[t], n, ctypes.byref(next_chunk), _ptr(xs), total * image, image, ys.data_ptr(), total,
-            _ptr(losses)))
-        self.shares(lambda t, parts: self._gather_grads(total, n, t, parts))
-        return sum(losses[:, :self.k]) / total, self.grads  # in chunk order
+        step, plans = self._step_setup(total, tuple(xs.shape[2:]))
+        losses, counters = torch.zeros(step.n_chunks, self.lanes), (ctypes.c_int * 5)()
+        step.counters, step.src, step.labels, step.losses = ctypes.addressof(counters), _ptr(xs), ys.data_ptr(), \
+            _ptr(losses)
+        step.member_stride, step.image_stride, step.label_stride = xs[0].numel(), xs[0, 0].numel(), total
+        step.lr = adam.prepare(step) if adam is not None else None
+        self.shares(lambda t, parts: self.lib.train_step(ctypes.byref(step), plans[t]))
+        return sum(losses[:, :self.k]) / total  # in chunk order
 
-    def _train_plans(self, total: int, shape: tuple[int, int, int]) -> list[ctypes.Array]:
-        """Per thread, the plans of a step's chunks in its workspace (as a C array), for batches of `total` images
-        of `shape`: chunks of TRAIN_CHUNK images, or more when the batch has over MAX_CHUNKS of those."""
+    def _step_setup(self, total: int, shape: tuple[int, int, int]) -> tuple[_Step, list[ctypes.Array]]:
+        """The step's shared description and, per thread, the plans of its chunks in its workspace (a C array), for
+        batches of `total` images of `shape`: chunks of TRAIN_CHUNK images, more when the batch has over MAX_CHUNKS
+        of those. Built once per key."""
         key = (total, shape)
-        if key not in self.chunk_plans:
-            self._batch(total)
+        if key not in self.steps:
+            batch = self._batch(total)
             size = max(TRAIN_CHUNK, -(-total // MAX_CHUNKS))
             chunks = [(i, start, min(size, total - start)) for i, start in enumerate(range(0, total, size))]
-            self.chunk_plans[key] = [
-                (ctypes.POINTER(_Plan) * len(chunks))(*[ctypes.pointer(self._plan(ws, b, shape, total, i, start))
-                                                        for i, start, b in chunks])
-                for ws in self.workspaces]
-        return self.chunk_plans[key]
-
-    def _gather_grads(self, total: int, n_slots: int, t: int, parts: int) -> None:
-        """Share t of the step's gradients: the convolutions' as the chunk-ordered sum of the slots, fc's and head's
-        from the whole-batch buffers. Every sum runs in a fixed order, whatever the share: deterministic."""
-        lo, n = _share(self.conv_vectors, t, parts)
-        stride = self.flat.shape[0]  # vectors per slot
-        self.lib.sum_slots(_ptr(self.grad_flat[lo:]), _ptr(self.slot_flat[0, lo:]), n_slots, stride, n)
-        for layer, inputs, grads in ((self.fc, "features", "dact"), (self.head, "act", "dlogits")):
-            co, ci = self._weight(layer).shape[:2]
-            start, count = _share(co, t, parts)
-            batch = self.batch_buffers[total]
-            self.lib.linear_weight_grad(_ptr(batch[inputs]), _ptr(batch[grads]),
-                                        _ptr(self.grad_views[layer + ".weight"]),
-                                        _ptr(self.grad_views[layer + ".bias"]), total, ci, co, start, start + count)
-
+            plans = [(ctypes.POINTER(_Plan) * len(chunks))(*[ctypes.pointer(self._plan(ws, b, shape, total, i, start))
+                                                             for i, start, b in chunks])
+                     for ws in self.workspaces]
+            step = _Step(n_chunks=len(chunks), parts=self.threads, total=total, grads=_ptr(self.grad_flat),
+                         slots=_ptr(self.slot_flat), slot_stride=self.flat.shape[0], conv_vectors=self.conv_vectors,
+                         params=_ptr(self.flat), n_params=self.flat.shape[0])
+            for d, (layer, inputs, grads) in enumerate(((self.fc, "features", "dact"), (self.head, "act", "dlogits"))):
+                step.dense_co[d], step.dense_ci[d] = self._weight(layer).shape[:2]
+                step.dense_in[d], step.dense_dout[d] = _ptr(batch[inputs]), _ptr(batch[grads])
+                step.dense_dw[d] = _ptr(self.grad_views[layer + ".weight"])
+                step.dense_db[d] = _ptr(self.grad_views[layer + ".bias"])
+            self.steps[key] = step, plans
+        return self.steps[key]
 
 
 class LaneAdam:
@@ -338,10 +348,19 @@ class LaneAdam:
     def step(self, params: dict[str, Tensor] | None = None, grads: dict[str, Tensor] | None = None) -> None:
         """One step with the net's current gradients (`params` and `grads` are accepted for StackedAdam's
         signature: they are the net's own)."""
-        b1, b2 = self.betas
-        self.t += 1
-        net = self.net
+        net, (w1, b2, w2, eps, bc1, bc2_sqrt) = self.net, self._scalars()
         net.split(net.flat.shape[0], lambda lo, n: net.lib.adam_step(
             net.flat[lo:].data_ptr(), net.grad_flat[lo:].data_ptr(), self.exp_avg[lo:].data_ptr(),
-            self.exp_avg_sq[lo:].data_ptr(), n, self.lrs.data_ptr(), 1 - b1, b2, 1 - b2, self.eps, 1 - b1 ** self.t,
-            (1 - b2 ** self.t) ** 0.5))
+            self.exp_avg_sq[lo:].data_ptr(), n, self.lrs.data_ptr(), w1, b2, w2, eps, bc1, bc2_sqrt))
+
+    def prepare(self, step: _Step) -> int:
+        """Set up the next step's Adam part in `step` (see LaneNet.train_step); returns the learning rates' address."""
+        step.exp_avg, step.exp_avg_sq = _ptr(self.exp_avg), _ptr(self.exp_avg_sq)
+        step.w1, step.b2, step.w2, step.eps, step.bc1, step.bc2_sqrt = self._scalars()
+        return _ptr(self.lrs)
+
+    def _scalars(self) -> tuple[float, ...]:
+        """The next step's (w1, b2, w2, eps, bc1, bc2_sqrt) of adam_step, as torch rounds them."""
+        b1, b2 = self.betas
+        self.t += 1
+        return 1 - b1, b2, 1 - b2, self.eps, 1 - b1 ** self.t, (1 - b2 ** self.t) ** 0.5

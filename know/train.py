@@ -310,6 +310,15 @@ class Stack:
             return self.lanes.logits(x)
         return self._wide_logits(x) if self.backend == "wide" else self._vmap_logits(x)
 
+    def train_step(self, xs: Tensor, ys: Tensor, opt) -> Tensor:
+        """`loss_and_grads`, then `opt.step` (from `optimizer`); the lanes backend does both in one pass of its
+        threads. Returns the mean loss per member (K,)."""
+        if self.backend == "lanes":
+            return self.lanes.train_step(xs, ys, opt)
+        loss, grads = self.loss_and_grads(xs, ys)
+        opt.step(self.params, grads)
+        return loss
+
     def loss_and_grads(self, xs: Tensor, ys: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-member inputs (K, B, C, H, W) and labels (K, B) -> mean loss (K,) and gradients {name: (K, ...)};
         member m's gradient is that of its own mean loss, as in one-at-a-time training. The lanes backend's gradients
@@ -399,9 +408,7 @@ def train_epoch_stacked(stack: Stack, opt: StackedAdam, data: ImageSet, idxs: li
 
 
 def _train_step(stack: Stack, opt: StackedAdam, xs: Tensor, ys: Tensor, total: Tensor) -> None:
-    loss, grads = stack.loss_and_grads(xs, ys)
-    opt.step(stack.params, grads)
-    total += loss * xs.shape[1]
+    total += stack.train_step(xs, ys, opt) * xs.shape[1]
 
 
 @torch.no_grad()

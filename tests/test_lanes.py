@@ -65,6 +65,29 @@ def test_lane_adam_equals_stacked_adam(lib):
             p.copy_(mirror[n])
 
 
+def test_fused_train_step_is_loss_and_grads_then_adam(lib):
+    """LaneNet.train_step (chunks, gradients and Adam in one pass of the threads) is loss_and_grads followed by the
+    optimizer's step, bit for bit, with one thread or two, and the two thread counts agree."""
+    models = _nets(4, 1, 16)
+    x, y = torch.randn(4, 22, 1, 16, 16), torch.randint(0, 7, (4, 22))
+    lrs = torch.tensor([1e-4, 1e-3, 2e-3, 4e-3])
+    finals = []
+    for threads in (1, 2):
+        nets = [lanes.LaneNet(models[0], 4, lib, threads=threads) for _ in range(2)]
+        for net in nets:
+            for n, p in net.params.items():
+                p.copy_(torch.stack([m.get_parameter(n).detach() for m in models]))
+        fused, separate = (net.adam(lrs) for net in nets)
+        for _ in range(3):
+            loss = nets[0].train_step(x, y, fused)
+            reference, _ = nets[1].loss_and_grads(x, y)
+            separate.step()
+            assert torch.equal(loss, reference)
+            assert all(torch.equal(nets[0].params[n], nets[1].params[n]) for n in nets[1].params)
+        finals.append({n: p.clone() for n, p in nets[0].params.items()})
+    assert all(torch.equal(finals[0][n], finals[1][n]) for n in finals[0])
+
+
 def test_max_pool_ties_route_to_the_first_maximum(lib):
     """Constant images make every pooling window a tie: the gradient must go where PyTorch sends it."""
     models = _nets(3, 1, 16)

@@ -7,13 +7,14 @@
  * Layouts (float32, contiguous):  activations (B, C, H + 2p, W + 2p, LANES) with a zero border p = ks / 2 where a
  * convolution reads them; conv weights (Co, Ci, ks, ks, LANES); biases (Co, LANES).
  *
- * Entry points: train_chunks (each thread's share of a step's chunks: forward and backward with plan_train) and
- * plan_forward (logits of one chunk); know/lanes.py runs them on several threads, one workspace each. Per step:
- * linear_weight_grad, sum_slots, adam_step, flip_transpose.
+ * Entry points: train_step (each thread's part of a training step: chunks of images forward and backward with
+ * plan_train, the gradients, optionally Adam) and plan_forward (logits of one chunk); know/lanes.py runs them on
+ * several threads, one workspace each. Also adam_step and flip_transpose.
  */
 #include <stddef.h>
 #include <math.h>
 #include <string.h>
+#include <sched.h>
 
 #define LANES 16
 #define XB 8 /* output pixels per register block */
@@ -511,18 +512,6 @@ void plan_train(const struct plan *p, const float *src, long member_stride, long
     }
 }
 
-/* One thread's part of a training step: it takes chunks i = (*next)++ until all n are taken, each with its own plan
- * plans[i] (this thread's workspace), so a faster thread takes more; chunk i's summed losses go to losses[i * LANES].
- * src and labels are the whole batch's, as for plan_train. */
-void train_chunks(struct plan *const *plans, int n, int *next, const float *src, long member_stride,
-                  long image_stride, const long *labels, long label_stride, float *losses) {
-    for (int i; (i = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED)) < n;) {
-        const struct plan *p = plans[i];
-        plan_train(p, src + (size_t)p->start * image_stride, member_stride, image_stride, labels + p->start,
-                   label_stride, losses + (size_t)i * LANES);
-    }
-}
-
 /* ------------------------------------------------------------------------------------- per-step helpers */
 /* dw (Co, Ci) and db (Co) of a Linear layer, output channels lo .. hi, from its input (B, Ci) and output gradient
  * (B, Co) over a whole batch: once per step, not per chunk (its weights are the largest of the net). Each sum runs
@@ -594,5 +583,57 @@ void adam_step(float *p, const float *g, float *m, float *v, long n, const float
         st(m + i * LANES, m_new);
         st(v + i * LANES, v_new);
         st(p + i * LANES, ld(p + i * LANES) - step * m_new / (root / bc2_sqrt + eps));
+    }
+}
+
+/* ----------------------------------------------------------------------------------------- a training step */
+/* What the threads of one training step share; know/lanes.py fills it (per step: the batch, the losses, the Adam
+ * scalars and zeroed counters). */
+struct step {
+    int n_chunks, parts, total;
+    int *counters; /* next chunk, chunks done, next gradient share, gradient shares done, next Adam share */
+    const float *src; long member_stride, image_stride; const long *labels; long label_stride;
+    float *losses; /* (n_chunks, LANES): each chunk's summed cross-entropy */
+    float *grads; const float *slots; long slot_stride, conv_vectors; /* the convolutions': first conv_vectors */
+    const float *dense_in[2], *dense_dout[2]; float *dense_dw[2], *dense_db[2]; int dense_ci[2], dense_co[2];
+    float *params, *exp_avg, *exp_avg_sq; const float *lr; long n_params; /* lr NULL: no Adam step */
+    float w1, b2, w2, eps, bc1, bc2_sqrt;
+};
+
+static void wait_for(int *counter, int target) {
+    while (__atomic_load_n(counter, __ATOMIC_ACQUIRE) < target) sched_yield();
+}
+
+static long share_start(long n, int j, int parts) { return n * j / parts; }
+
+/* One thread's part of a training step, `plans` its workspace's plans of the chunks. Three phases, each a pool of
+ * work items taken from a counter, so a faster thread takes more and any number of threads (one included) finishes
+ * the step: chunks (forward and backward, gradients into per-chunk slots); then, once every chunk is done, shares
+ * of the gradients (the slots summed in chunk order; fc and head from the whole-batch buffers); then, once those are
+ * done, shares of the Adam step. Each sum runs in a fixed order whatever the split: the result is deterministic. */
+void train_step(const struct step *s, struct plan *const *plans) {
+    int *c = s->counters;
+    for (int i; (i = __atomic_fetch_add(&c[0], 1, __ATOMIC_RELAXED)) < s->n_chunks;) {
+        const struct plan *p = plans[i];
+        plan_train(p, s->src + (size_t)p->start * s->image_stride, s->member_stride, s->image_stride,
+                   s->labels + p->start, s->label_stride, s->losses + (size_t)i * LANES);
+        __atomic_fetch_add(&c[1], 1, __ATOMIC_RELEASE);
+    }
+    wait_for(&c[1], s->n_chunks);
+    for (int j; (j = __atomic_fetch_add(&c[2], 1, __ATOMIC_RELAXED)) < s->parts;) {
+        const long lo = share_start(s->conv_vectors, j, s->parts), hi = share_start(s->conv_vectors, j + 1, s->parts);
+        sum_slots(s->grads + lo * LANES, s->slots + lo * LANES, s->n_chunks, s->slot_stride, hi - lo);
+        for (int d = 0; d < 2; d++)
+            linear_weight_grad(s->dense_in[d], s->dense_dout[d], s->dense_dw[d], s->dense_db[d], s->total,
+                               s->dense_ci[d], s->dense_co[d], (int)share_start(s->dense_co[d], j, s->parts),
+                               (int)share_start(s->dense_co[d], j + 1, s->parts));
+        __atomic_fetch_add(&c[3], 1, __ATOMIC_RELEASE);
+    }
+    if (!s->lr) return;
+    wait_for(&c[3], s->parts);
+    for (int j; (j = __atomic_fetch_add(&c[4], 1, __ATOMIC_RELAXED)) < s->parts;) {
+        const long lo = share_start(s->n_params, j, s->parts), hi = share_start(s->n_params, j + 1, s->parts);
+        adam_step(s->params + lo * LANES, s->grads + lo * LANES, s->exp_avg + lo * LANES, s->exp_avg_sq + lo * LANES,
+                  hi - lo, s->lr, s->w1, s->b2, s->w2, s->eps, s->bc1, s->bc2_sqrt);
     }
 }
