@@ -25,6 +25,7 @@ SOURCE = Path(__file__).parent / "csrc" / "lanes.c"
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-lm"]
 TRAIN_CHUNK = 4  # images per forward + backward pass (one thread's share of work at a time) ...
 MAX_CHUNKS = 16  # ... but at most this many chunks per batch: each has its own gradient slot
+IMAGES_INNER_MAX = 16  # as in lanes.c
 EVAL_CHUNK = 16  # images per forward pass in logits()
 MAX_CONVS = 8  # as in lanes.c
 _I, _P = ctypes.c_int, ctypes.c_void_p
@@ -217,7 +218,8 @@ class LaneNet:
             if slot is not None:  # the pool's gradient routes, one byte per pooled value and member
                 p.codes[i] = ws.buf(f"codes{i}", b, co, h // 2, w // 2, dtype=torch.uint8).data_ptr()
             p.z[i] = _ptr(ws.buf(f"z{i}", co, 2, w)) if i > 0 else None  # two conv rows (the first: registers)
-            p.dz[i] = _ptr(ws.buf(f"dz{i}", b, co, h + 2 * pad, w + 2 * pad)) if i > 0 else None
+            per_image = h * w > IMAGES_INNER_MAX  # as plan_train runs the backward: image by image, or all at once
+            p.dz[i] = _ptr(ws.buf(f"dz{i}", 1 if per_image else b, co, h + 2 * pad, w + 2 * pad)) if i > 0 else None
             p.da[i] = _ptr(ws.buf(f"da{i}", b, ci, h, w)) if i > 0 else None
             p.dw[i], p.db[i] = grad(name + ".weight"), grad(name + ".bias")
             h, w = h // 2, w // 2

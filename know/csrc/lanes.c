@@ -147,7 +147,7 @@ static void conv_forward(const float *in, const float *w, const float *b, float 
     conv_range(&a, 0, B);
 }
 
-struct conv_grad { const float *in, *dout; float *dw, *db; int B, Ci, Co, H, W, ks; };
+struct conv_grad { const float *in, *dout; float *dw, *db; int B, Ci, Co, H, W, ks, accumulate; };
 
 /* dw, db of output channels co .. co + nc (nc <= 2: two channels share every input load). Each weight's sum runs
  * over the images in order, then rows, then columns; `images_inner` only chooses the loop order around it: images
@@ -158,7 +158,8 @@ static inline __attribute__((always_inline)) void conv_grad_block(const struct c
     const int pad = ks / 2, H = a->H, W = a->W, Hp = H + ks - 1, Wp = W + ks - 1, kk = ks * ks;
     const size_t dw_stride = (size_t)a->Ci * kk * LANES, plane = (size_t)Hp * Wp * LANES;
     float *dw_co = a->dw + co * dw_stride;
-    vf db[2] = {{0}, {0}};
+    vf db[2] = {{0}, {0}}; /* accumulate: add to dw and db (the sums so far, over the earlier images) */
+    for (int c = 0; c < nc && a->accumulate && a->db; c++) db[c] = ld(a->db + (size_t)(co + c) * LANES);
     for (int bb = 0; bb < a->B; bb++) {
         const float *g_b = a->dout + (size_t)(bb * a->Co + co) * plane; /* padded like the input */
         for (int c = 0; c < nc; c++)
@@ -171,7 +172,8 @@ static inline __attribute__((always_inline)) void conv_grad_block(const struct c
             vf acc[2][MAX_KS * MAX_KS];
             for (int c = 0; c < nc; c++)
                 for (int t = 0; t < kk; t++)
-                    acc[c][t] = outer ? ld(dw_co + c * dw_stride + ((size_t)ci * kk + t) * LANES) : (vf){0};
+                    acc[c][t] = outer || a->accumulate ? ld(dw_co + c * dw_stride + ((size_t)ci * kk + t) * LANES)
+                                                       : (vf){0};
             for (int inner = 0; inner < n_inner; inner++) {
                 const int bb = outer + inner;
                 const float *g_b = a->dout + (size_t)(bb * a->Co + co) * plane;
@@ -225,8 +227,8 @@ static void conv_grad_range(const void *p, int lo, int hi) {
 /* dw (Co, Ci, ks, ks) and db (Co) [may be NULL] from the padded input and the padded output gradient
  * (B, Co, H + ks - 1, W + ks - 1). */
 static void conv_weight_grad(const float *in, const float *dout, float *dw, float *db, int B, int Ci, int Co, int H,
-                             int W, int ks) {
-    const struct conv_grad a = {in, dout, dw, db, B, Ci, Co, H, W, ks};
+                             int W, int ks, int accumulate) {
+    const struct conv_grad a = {in, dout, dw, db, B, Ci, Co, H, W, ks, accumulate};
     conv_grad_range(&a, 0, Co);
 }
 
@@ -505,9 +507,16 @@ void plan_train(const struct plan *p, const float *src, long member_stride, long
             pool_conv_weight_grad(p->x[0], p->codes[0], g, p->dw[0], p->db[0], b, ci, co, h, w, ks);
             break;
         }
-        route_backward(p->codes[i], g, p->dz[i], b * co, h, w, ks / 2);
-        conv_weight_grad(p->x[i], p->dz[i], p->dw[i], p->db[i], b, ci, co, h, w, ks);
-        conv_forward(p->dz[i], p->wflip[i], NULL, p->da[i], b, co, ci, h, w, ks);
+        /* image by image where maps are large (its output gradient dz then stays in cache), else the chunk at once */
+        const int per_image = h * w > IMAGES_INNER_MAX, step = per_image ? 1 : b, pad = ks / 2;
+        const size_t pooled = (size_t)co * (h / 2) * (w / 2) * LANES;
+        for (int bb = 0; bb < b; bb += step) {
+            route_backward(p->codes[i] + bb * pooled, g + bb * pooled, p->dz[i], step * co, h, w, pad);
+            conv_weight_grad(p->x[i] + (size_t)bb * ci * (h + 2 * pad) * (w + 2 * pad) * LANES, p->dz[i], p->dw[i],
+                             p->db[i], step, ci, co, h, w, ks, bb > 0);
+            conv_forward(p->dz[i], p->wflip[i], NULL, p->da[i] + (size_t)bb * ci * h * w * LANES, step, co, ci, h, w,
+                         ks);
+        }
         g = p->da[i];
     }
 }
