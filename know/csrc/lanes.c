@@ -147,6 +147,38 @@ static void conv_forward(const float *in, const float *w, const float *b, float 
     conv_range(&a, 0, B);
 }
 
+/* out (B, Co) = in (B, Ci) w^T (w: (Co, Ci)) + b (Co) [b may be NULL]: a Linear layer. Register blocks of 4 output
+ * channels x 4 images, so each weight is loaded once per 4 images; each output sums bias, then the channels in order
+ * (as conv_forward with 1x1 maps: the same bits). */
+static inline __attribute__((always_inline)) void linear_block(const float *in, const float *w, const float *b,
+                                                               float *out, int Ci, int Co, int b0, int nb, int co0,
+                                                               int nc) {
+    vf acc[4][4];
+    for (int c = 0; c < nc; c++) {
+        const vf bias = b ? ld(b + (size_t)(co0 + c) * LANES) : (vf){0};
+        for (int j = 0; j < nb; j++) acc[c][j] = bias;
+    }
+    for (int ci = 0; ci < Ci; ci++) {
+        vf wv[4], xv[4];
+        for (int c = 0; c < nc; c++) wv[c] = ld(w + ((size_t)(co0 + c) * Ci + ci) * LANES);
+        for (int j = 0; j < nb; j++) xv[j] = ld(in + ((size_t)(b0 + j) * Ci + ci) * LANES);
+        for (int c = 0; c < nc; c++)
+            for (int j = 0; j < nb; j++) acc[c][j] += wv[c] * xv[j];
+    }
+    for (int c = 0; c < nc; c++)
+        for (int j = 0; j < nb; j++) st(out + ((size_t)(b0 + j) * Co + co0 + c) * LANES, acc[c][j]);
+}
+
+static void linear_forward(const float *in, const float *w, const float *b, float *out, int B, int Ci, int Co) {
+    for (int b0 = 0; b0 < B; b0 += 4) {
+        const int nb = B - b0 < 4 ? B - b0 : 4;
+        int co0 = 0;
+        if (nb == 4)
+            for (; co0 + 4 <= Co; co0 += 4) linear_block(in, w, b, out, Ci, Co, b0, 4, co0, 4);
+        for (; co0 < Co; co0++) linear_block(in, w, b, out, Ci, Co, b0, nb, co0, 1);
+    }
+}
+
 struct conv_grad { const float *in, *dout; float *dw, *db; int B, Ci, Co, H, W, ks, accumulate; };
 
 /* dw, db of output channels co .. co + nc (nc <= 2: two channels share every input load). Each weight's sum runs
@@ -461,10 +493,10 @@ static void forward(const struct plan *p) {
         conv_pool_layer(p->x[i], p->wt[i], p->bias[i], p->z[i], p->x[i + 1], p->codes[i], p->b, p->ci[i], p->co[i],
                         p->h[i], p->w[i], p->ks[i], pad_of(p, i + 1));
     }
-    conv_forward(p->x[p->n_conv], p->fc_w, p->fc_b, p->fc_out, p->b, p->features, p->hidden, 1, 1, 1);
+    linear_forward(p->x[p->n_conv], p->fc_w, p->fc_b, p->fc_out, p->b, p->features, p->hidden);
     const vf zero = {0};
     for (size_t j = 0; j < (size_t)p->b * p->hidden; j++) st(p->act + j * LANES, vmax(ld(p->fc_out + j * LANES), zero));
-    conv_forward(p->act, p->head_w, p->head_b, p->logits, p->b, p->hidden, p->classes, 1, 1, 1);
+    linear_forward(p->act, p->head_w, p->head_b, p->logits, p->b, p->hidden, p->classes);
 }
 
 /* Logits of the staged images: (b, classes, LANES). */
@@ -495,11 +527,11 @@ void plan_train(const struct plan *p, const float *src, long member_stride, long
             for (int c = 0; c < nc; c++)
                 d[c * LANES] = (float)((exp((double)(l[c * LANES] - mx)) / sum - (c == y)) / p->total);
         }
-    conv_forward(p->dlogits, p->head_wt, NULL, p->dact, p->b, nc, p->hidden, 1, 1, 1);
+    linear_forward(p->dlogits, p->head_wt, NULL, p->dact, p->b, nc, p->hidden);
     const vf zero = {0};
     for (size_t j = 0; j < (size_t)p->b * p->hidden; j++) /* ReLU */
         st(p->dact + j * LANES, vsel((vi)(ld(p->act + j * LANES) > zero), ld(p->dact + j * LANES)));
-    conv_forward(p->dact, p->fc_wt, NULL, p->dfeats, p->b, p->hidden, p->features, 1, 1, 1);
+    linear_forward(p->dact, p->fc_wt, NULL, p->dfeats, p->b, p->hidden, p->features);
     const float *g = p->dfeats; /* = the gradient of the last pooled map */
     for (int i = p->n_conv - 1; i >= 0; i--) {
         const int b = p->b, ci = p->ci[i], co = p->co[i], h = p->h[i], w = p->w[i], ks = p->ks[i];
