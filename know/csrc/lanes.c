@@ -473,9 +473,26 @@ struct plan {
 static int pad_of(const struct plan *p, int i) { return i < p->n_conv ? p->ks[i] / 2 : 0; }
 
 /* x[0] interior <- src[m * member_stride + i * image_stride + (c, y, x)] for lanes m < k (a member stride of 0
- * broadcasts one image to every member). */
+ * broadcasts one image to every member); lanes from k on are left as they are (zero). */
 static void stage(const struct plan *p, const float *src, long member_stride, long image_stride) {
     const int C = p->ci[0], H = p->h[0], W = p->w[0], pd = pad_of(p, 0), Hp = H + 2 * pd, Wp = W + 2 * pd;
+#if defined(__AVX512F__) && LANES == 16
+    if (member_stride * (LANES - 1) <= 0x7fffffffL) { /* one masked gather per pixel */
+        const __m512i offsets = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1,
+                                                                    0), _mm512_set1_epi32((int)member_stride));
+        const __mmask16 members = (__mmask16)((1u << p->k) - 1);
+        for (int i = 0; i < p->b; i++)
+            for (int c = 0; c < C; c++)
+                for (int y = 0; y < H; y++) {
+                    float *dst = p->x[0] + ((((size_t)i * C + c) * Hp + y + pd) * Wp + pd) * LANES;
+                    const float *s = src + i * image_stride + ((size_t)c * H + y) * W;
+                    for (int x = 0; x < W; x++)
+                        _mm512_mask_storeu_ps(dst + (size_t)x * LANES, members,
+                                              _mm512_mask_i32gather_ps(_mm512_setzero_ps(), members, offsets, s + x, 4));
+                }
+        return;
+    }
+#endif
     for (int i = 0; i < p->b; i++)
         for (int c = 0; c < C; c++)
             for (int y = 0; y < H; y++)
