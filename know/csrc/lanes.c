@@ -41,7 +41,9 @@ int lanes(void) { return LANES; }
 static inline vi load_codes(const unsigned char *p) {
     return (vi)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
 }
-static inline void store_codes(unsigned char *p, vi c) { _mm_storeu_si128((__m128i *)p, _mm512_cvtepi32_epi8((__m512i)c)); }
+static inline void store_codes(unsigned char *p, vi c) {
+    _mm_storeu_si128((__m128i *)p, _mm512_cvtepi32_epi8((__m512i)c));
+}
 /* The code of a window (v00, v01 / v10, v11) with maximum m: mask registers and blends, few vector registers. */
 static inline vi route_code(vf v00, vf v01, vf v10, vf m) {
     const __mmask16 k00 = _mm512_cmp_ps_mask((__m512)v00, (__m512)m, _CMP_EQ_OQ);
@@ -486,9 +488,10 @@ static void stage(const struct plan *p, const float *src, long member_stride, lo
                 for (int y = 0; y < H; y++) {
                     float *dst = p->x[0] + ((((size_t)i * C + c) * Hp + y + pd) * Wp + pd) * LANES;
                     const float *s = src + i * image_stride + ((size_t)c * H + y) * W;
-                    for (int x = 0; x < W; x++)
-                        _mm512_mask_storeu_ps(dst + (size_t)x * LANES, members,
-                                              _mm512_mask_i32gather_ps(_mm512_setzero_ps(), members, offsets, s + x, 4));
+                    for (int x = 0; x < W; x++) {
+                        const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), members, offsets, s + x, 4);
+                        _mm512_mask_storeu_ps(dst + (size_t)x * LANES, members, v);
+                    }
                 }
         return;
     }
@@ -525,8 +528,8 @@ void plan_forward(const struct plan *p, const float *src, long member_stride, lo
 /* Forward and backward of one chunk: the convolutions' weight gradients into the plan's slot (the fc and head ones
  * are linear_weight_grad's, once per step), the summed cross-entropy of each member into loss[LANES]; gradients are
  * those of the mean loss over `total` images (the whole batch). */
-void plan_train(const struct plan *p, const float *src, long member_stride, long image_stride, const long *labels,
-                long label_stride, float *loss) {
+static void plan_train(const struct plan *p, const float *src, long member_stride, long image_stride,
+                       const long *labels, long label_stride, float *loss) {
     stage(p, src, member_stride, image_stride);
     forward(p);
     const int nc = p->classes;
@@ -575,8 +578,8 @@ void plan_train(const struct plan *p, const float *src, long member_stride, long
  * (B, Co) over a whole batch: once per step, not per chunk (its weights are the largest of the net). Each sum runs
  * over the images in order, so the result does not depend on how the channels are split. Register blocks of 2 output
  * x 8 input channels; an input block of the whole batch (B x 8 vectors) stays in L1 across the output channels. */
-void linear_weight_grad(const float *in, const float *dout, float *dw, float *db, int B, int Ci, int Co, int lo,
-                        int hi) {
+static void linear_weight_grad(const float *in, const float *dout, float *dw, float *db, int B, int Ci, int Co,
+                               int lo, int hi) {
     for (int co = lo; co < hi; co++) {
         vf s = {0};
         for (int bb = 0; bb < B; bb++) s += ld(dout + ((size_t)bb * Co + co) * LANES);
@@ -610,12 +613,13 @@ void flip_transpose(const float *w, float *out, int Co, int Ci, int ks) {
     for (int co = 0; co < Co; co++)
         for (int ci = 0; ci < Ci; ci++)
             for (int t = 0; t < kk; t++)
-                st(out + ((size_t)(ci * Co + co) * kk + kk - 1 - t) * LANES, ld(w + ((size_t)(co * Ci + ci) * kk + t) * LANES));
+                st(out + ((size_t)(ci * Co + co) * kk + kk - 1 - t) * LANES,
+                   ld(w + ((size_t)(co * Ci + ci) * kk + t) * LANES));
 }
 
 /* out[i] = slots[0][i] + slots[1][i] + ... in slot order (so the sum does not depend on how i is split), for the
  * n lane vectors of out; slots are `stride` vectors apart. */
-void sum_slots(float *out, const float *slots, int n_slots, long stride, long n) {
+static void sum_slots(float *out, const float *slots, int n_slots, long stride, long n) {
     for (long i = 0; i < n; i++) {
         vf s = ld(slots + i * LANES);
         for (int k = 1; k < n_slots; k++) s += ld(slots + ((size_t)k * stride + i) * LANES);
