@@ -304,10 +304,10 @@ class LaneNet:
             self.lib.flip_transpose(w.data_ptr(), out.data_ptr(), w.shape[0], w.shape[1],
                                     w.shape[2] if w.dim() == 5 else 1)
         step, plans = self._step_setup(total, tuple(xs.shape[2:]))
-        losses, counters = torch.zeros(step.n_chunks, self.lanes), (ctypes.c_int * 5)()
-        step.counters, step.src, step.labels, step.losses = ctypes.addressof(counters), _ptr(xs), ys.data_ptr(), \
-            _ptr(losses)
-        step.member_stride, step.image_stride, step.label_stride = xs[0].numel(), xs[0, 0].numel(), total
+        losses, counters = torch.zeros(step.n_chunks, self.lanes), (ctypes.c_int * 5)()  # counters: all zero
+        step.counters, step.losses = ctypes.addressof(counters), _ptr(losses)
+        step.src, step.member_stride, step.image_stride = _ptr(xs), xs[0].numel(), xs[0, 0].numel()
+        step.labels, step.label_stride = ys.data_ptr(), total
         step.lr = adam.prepare(step) if adam is not None else None
         self.shares(lambda t, parts: self.lib.train_step(ctypes.byref(step), plans[t]))
         return sum(losses[:, :self.k]) / total  # in chunk order
