@@ -34,8 +34,8 @@ int lanes(void) { return LANES; }
 
 /* A 2x2 max-pool's gradient route per member: which of the window's values (0: top left, 1: top right, 2, 3: the
  * bottom row) is its first maximum in scan order, which takes the gradient as in PyTorch, or 4 when ReLU blocks it
- * (maximum <= 0). Kept as one byte per pooled value and member by the forward, for the backward. */
-/* codes as 16 bytes <-> one int per lane (GCC scalarizes __builtin_convertvector here, so AVX-512 gets intrinsics) */
+ * (maximum <= 0). Kept as one byte per pooled value and member by the forward, for the backward. With AVX-512
+ * the bytes <-> ints conversions and the code itself use intrinsics (GCC scalarizes __builtin_convertvector here). */
 #if defined(__AVX512F__) && LANES == 16
 #include <immintrin.h>
 static inline vi load_codes(const unsigned char *p) {
