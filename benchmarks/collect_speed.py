@@ -63,7 +63,9 @@ def _profile_ms(step, repeats: int) -> tuple[float, float]:
 def diagnose(fc, k: int, in_chans: int, side: int, repeats: int = 10) -> dict:
     """ms per training step alone and per member of a K-stack (wide with its convolutions, lanes), random data."""
     import torch.nn.functional as F
-    from know.train import Stack, fast_layout, make_optimizer, seeded_model
+    from know.device import fast_layout
+    from know.stack import Stack
+    from know.train import make_optimizer, seeded_model
 
     def model(seed):
         return fast_layout(seeded_model(fc.model, seed, 10, in_chans, side))
@@ -108,7 +110,8 @@ def _timed_ms(step, repeats: int) -> float:
 
 def main(argv=None) -> dict:
     from know.data import get_dataset
-    from know.forgetting import CollectCfg, collect_group, collect_one, trial_cfg
+    from know.config import CollectCfg
+    from know.forgetting import collect_group, collect_one, trial_cfg
     from know.trajectory import Trajectory
 
     args = parse(argv)

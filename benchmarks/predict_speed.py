@@ -3,7 +3,7 @@
 Builds a synthetic 5-session trajectory with the parameter shapes of `resnet18_know` (11.2 M scalars; group-(a)
 drift of known_vectors: x0 ~ N(0, .05), per-scalar mu ~ N(0, .002), steps N(mu, .002)), times
 `know.predict.predict(..., steps=1)` with the official KNOWN models routed as in the official script, and compares
-every predicted value with the plain layer-by-layer float32 KNOWN (`KNOWN.forward_reference`) on the same input.
+every predicted value with the plain layer-by-layer float32 KNOWN (`KNOWN.forward`) on the same input.
 Also times all 3 steps, and the same on CUDA when present. The last stdout line is JSON.
 
     python benchmarks/predict_speed.py [--threads 2] [--repeats 3] [--ref-fraction 1.0] [--no-cuda]
@@ -80,7 +80,7 @@ def reference_step(traj, routing: str, fraction: float, device: str) -> dict[str
         model = models.setdefault(kind, load_official(kind).to(device))
         x = p.reshape(p.shape[0], -1)[:, :max(1, int(fraction * p[0].numel()))].T  # (n, 5)
         chunks = [x[i:i + 65536] for i in range(0, x.shape[0], 65536)]
-        out[name] = torch.cat([c[:, -1] + model.forward_reference(c, c[:, 1:] - c[:, :-1])[:, 0] for c in chunks])
+        out[name] = torch.cat([c[:, -1] + model(c, c[:, 1:] - c[:, :-1])[:, 0] for c in chunks])
     return out
 
 
@@ -99,7 +99,7 @@ def time_predict(traj, steps: int, repeats: int, device: str, backend: str):
 
 
 def run_device(device: str, args) -> dict:
-    from know.predict import load_kernel
+    from know.fastknown import load_kernel
     traj = synthetic_trajectory(5, args.seed, device)
     params = traj.num_params
     t1, cpu1, outs = time_predict(traj, 1, args.repeats, device, args.backend)

@@ -1,20 +1,154 @@
-"""Typed configuration: dataclasses, `--key=value` overrides, and the three profiles (defined only here).
+"""Typed configuration: every stage's dataclass, and `--key=value` overrides of them.
 
-An experiment (`ExperimentCfg`) nests the configs of each stage, which live beside their code
-(`know.forgetting.ForgetCfg`, `know.forgetting.CollectCfg`, `know.metatrain.MetaTrainCfg`, `know.transfer.TransferCfg`)
-plus `PredictCfg` and `SlurmCfg` here. Defaults are the paper's protocol; a profile is a set of dotted overrides on
-top of them; the command line overrides the profile (`--forget.lr=3e-4`), after a type check, rejecting unknown keys.
+An experiment (`ExperimentCfg`) nests the configs of each stage: `ForgetCfg` (pre-training and the forgetting
+trajectory), `CollectCfg` (the meta-dataset), `MetaTrainCfg` (our KNOWN), `PredictCfg`, `TransferCfg` (downstream),
+`CostCfg` (T-G), `LandscapeCfg` (figures) and `SlurmCfg`. Defaults are the paper's protocol (docs/method.md); a
+profile (`know.profiles`, the one place they are defined) is a set of dotted overrides on top of them; the command
+line overrides the profile (`--forget.lr=3e-4`), after a type check, rejecting unknown keys.
+
+This module imports nothing of the stages, so every stage can import it.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from know.errors import KnowError, UnknownName
+
+@dataclass
+class ForgetCfg:
+    """One forgetting run. Defaults: the paper's main protocol (paper.md §4, official CIFAR-100 script)."""
+
+    model: str = "resnet18_know"  # §4: ResNet-18 variant (registry name)
+    model_kwargs: dict = field(default_factory=dict)  # e.g. {"width": 0.25} for a narrow resnet18_know
+    dataset: str = "cifar100"  # §4: upstream CIFAR-100
+    data_root: str | None = None  # None: $KNOW_DATA or ~/.cache/know/data
+    channels: int | None = None  # None: the dataset's own channel count
+    size: int = 32  # input side length in pixels (§4: 32x32)
+    data_fraction: float = 1.0  # share of the train split forming D0 (the T-A columns 100/50/25 %)
+    max_images: int | None = None  # our choice: optional cap on |D0| for small profiles (None: no cap)
+    rate: float = 0.5  # §1/§4: |Dk| = r^k |D0|
+    sessions: int = 5  # §1: S = 5 checkpoints Θ(S-1) .. Θ0
+    pretrain_epochs: int = 1  # official sample: 1 epoch on D0; the paper's real schedule is unknown (§7)
+    epochs_per_session: int = 1  # official sample: 1 epoch per session; paper unknown (§7)
+    optimizer: str = "adam"  # §4: Adam
+    lr: float = 1e-3  # §4: Adam 1e-3
+    batch_size: int = 128  # §4
+    augment: bool = True  # §4: rotation 10°, shift 0.15, zoom 0.3, nearest fill
+    restart_from_initial: bool = False  # True: the official meta-dataset sample's variant (§3)
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when available
+    eval_images: int | None = None  # our choice: test images per accuracy check (None: the whole test split)
+    eval_batch_size: int = 1024  # speed only
+
+
+@dataclass
+class CollectCfg:
+    """A meta-dataset of forgetting trajectories sampled like the official sample script (paper.md §3)."""
+
+    models: list[str] = field(default_factory=lambda: ["simplenet"])  # §3: the sample's SimpleNet
+    datasets: list[str] = field(default_factory=lambda: ["fashion_mnist", "mnist10k", "digits"])  # our choice:
+    # the offline analogs of the paper's Fashion-MNIST / MNIST / CIFAR-10 (CIFAR needs a download)
+    model_kwargs: dict = field(default_factory=dict)
+    data_root: str | None = None
+    trials: int = 48  # our choice (the paper's count is unknown, §3)
+    group_size: int = 16  # our choice: trials stacked per group (share architecture, dataset, rate, batch size)
+    sessions: int = 7  # §3: 7 sessions per trajectory
+    rate_min: float = 0.3  # §3: rate ~ U(0.3, 0.9)
+    rate_max: float = 0.9
+    lr_min: float = 1e-5  # §3: lr ~ U(1e-5, 4e-3)
+    lr_max: float = 4e-3
+    batch_min: int = 32  # §3: batch ~ int(U(32, |D0| r^(S-1)))
+    batch_max: int | None = 1024  # our choice: caps the upper end for memory (K x batch images per step)
+    pretrain_epochs: int = 1  # §3: one epoch per session, D0 included
+    epochs_per_session: int = 1  # §3
+    max_images: int | None = None  # our choice: optional cap on |D0| (small profiles, benchmarks)
+    restart_from_initial: bool = False  # paper: sequential; True = the official sample's restarts
+    augment: bool = True  # §3: the sample's augmentation
+    eval_images: int | None = 1000  # our choice: test images per accuracy check (None: whole test split)
+    seed: int = 0
+    device: str = "auto"
+    channels: int | None = None
+    size: int = 32
+    stacked: bool = True  # False: one trial at a time (the benchmark's baseline)
+    backend: str = "auto"  # stacked training: auto | lanes (C kernels) | wide (grouped convs) | vmap, see train.Stack
+
+
+@dataclass
+class MetaTrainCfg:
+    """Meta-training settings. The paper gives only the loss and the optimiser; the rest is our choice."""
+
+    window: int = 5  # snapshots KNOWN reads (paper: S = 5); trajectories need window + 1 sessions
+    epochs: int = 20  # our choice: passes over the (subsampled) samples, per kind
+    batch_size: int = 4096  # our choice: rows per Adam step
+    lr: float = 1e-3  # Adam learning rate (official compile: Adam(1e-3), loss 'mae')
+    max_samples_per_kind: int = 2_000_000  # our choice: training rows per kind (seeded subsample; bounds memory)
+    max_val_samples_per_kind: int = 500_000  # our choice: validation rows per kind
+    val_fraction: float = 0.2  # our choice: share of whole trajectories held out (at least 1 if there are 2+)
+    l1_kernel: float = 1e-6  # official KNOWN.py: L1 on lift/project kernels, added to the loss
+    l1_bias: float = 0.1  # official KNOWN.py: L1 on lift/project biases, added to the loss
+    seed: int = 0
+    device: str = "auto"  # "auto" = cuda if available, else cpu
+    kinds: tuple[str, ...] = ("conv", "fc", "bias")  # KNOWN models to train
+    routing: str = "official"  # parameters -> models, as in prediction (know.predict.ROUTINGS); norm: not trained
+    progress: bool = True  # tqdm bar
+
+
+
+@dataclass
+class TransferCfg:
+    """The downstream protocol. Defaults: paper.md §4 (CIFAR-100 -> CIFAR-10, official script)."""
+
+    dataset: str = "cifar10"  # §4: downstream CIFAR-10
+    data_root: str | None = None  # None: $KNOW_DATA or ~/.cache/know/data
+    probe_epochs: int = 10  # §4 phase 1
+    probe_lr: float = 1e-3  # §4 phase 1: Adam 1e-3
+    finetune_epochs: int = 100  # §4 phase 2 (E in the cosine)
+    finetune_lr: float = 4e-4  # §4 phase 2: peak of lr(e) = 0.5 * 4e-4 * (1 + cos(pi e / E))
+    batch_size: int = 128  # §4, both phases
+    optimizer: str = "adam"  # §4
+    augment: bool = True  # §4: the same augmentation as upstream
+    max_images: int | None = None  # our choice: cap on downstream train images (first n of a seeded permutation)
+    eval_images: int | None = None  # our choice: test images per epoch (None: the whole test split)
+    device: str = "auto"
+    eval_batch_size: int = 1024  # speed only
+
+
+@dataclass
+class CostCfg:
+    """Defaults: the paper's T-G (ResNet-18 of the main protocol) plus the issue's ViT-S and PVTv2-b2."""
+
+    models: tuple[str, ...] = ("resnet18_know", "timm:vit_small_patch16_224", "timm:pvt_v2_b2")
+    model_kwargs: dict = field(default_factory=dict)  # model name -> kwargs (resnet18_know: width 1 by default)
+    num_classes: int = 100  # main protocol's CIFAR-100 head: 11.23 M params (≈ 3.01 s / 2.67e-7 s per param)
+    in_chans: int = 3
+    img_size: int = 32  # our choice for ViT-S / PVTv2 (paper unknown; their parameter count barely depends on it)
+    sessions: int = 5  # KNOWN's window S
+    steps: int = 3  # ×2, ×4, ×8 (paper's main setting)
+    repeats: int = 3  # timed runs after one warm-up; the best is reported
+    known: str = "official"
+    routing: str = "official"
+    device: str = "auto"  # auto: cuda when available
+    threads: int | None = None  # CPU threads (None: every core this process may use)
+    seed: int = 0
+    fraction: float = 1.0  # whose trajectory the overhead is measured on (T-A's 100 % column)
+
+
+@dataclass
+class LandscapeCfg:
+    """Defaults: our choices for the paper profile (the paper's figure states none of them)."""
+
+    grid: int = 21  # lattice points per axis
+    margin: float = 0.3  # share of the points' extent added on each side of the lattice
+    fit_on: str = "all"  # "all": PCA of trajectory + predictions; "trajectory": of Θ(S−1) .. Θ0 only
+    methods: tuple[str, ...] = ("known_official", "taskvector")  # Table 1 rows whose predictions are drawn
+    bn: str = "recalibrate"  # "recalibrate" | "keep" (see the module docstring)
+    bn_images: int = 2048  # D0 images per BN re-estimate
+    eval_images: int | None = None  # upstream test images per accuracy (None: the forget config's eval_images)
+    fraction: float = 1.0  # the landscape is drawn on this data fraction's trajectory
 
 
 @dataclass
@@ -39,36 +173,6 @@ class SlurmCfg:
     constraint: str | None = None
 
 
-def _forget_cfg():
-    from know.forgetting import ForgetCfg
-    return ForgetCfg()
-
-
-def _collect_cfg():
-    from know.forgetting import CollectCfg
-    return CollectCfg()
-
-
-def _metatrain_cfg():
-    from know.metatrain import MetaTrainCfg
-    return MetaTrainCfg()
-
-
-def _transfer_cfg():
-    from know.transfer import TransferCfg
-    return TransferCfg()
-
-
-def _cost_cfg():
-    from know.cost import CostCfg
-    return CostCfg()
-
-
-def _landscape_cfg():
-    from know.landscape import LandscapeCfg
-    return LandscapeCfg()
-
-
 @dataclass
 class ExperimentCfg:
     """One table's pipeline: pre-train -> forget -> (collect -> meta-train) -> predict -> transfer, per data fraction."""
@@ -79,90 +183,14 @@ class ExperimentCfg:
     fractions: tuple[float, ...] = (1.0, 0.5, 0.25)  # share of the pre-training data available (T-A columns)
     data_root: str | None = None
     device: str = "auto"  # auto: cuda when available
-    forget: Any = field(default_factory=_forget_cfg)
-    collect: Any = field(default_factory=_collect_cfg)
-    metatrain: Any = field(default_factory=_metatrain_cfg)
+    forget: ForgetCfg = field(default_factory=ForgetCfg)
+    collect: CollectCfg = field(default_factory=CollectCfg)
+    metatrain: MetaTrainCfg = field(default_factory=MetaTrainCfg)
     predict: PredictCfg = field(default_factory=PredictCfg)
-    transfer: Any = field(default_factory=_transfer_cfg)
+    transfer: TransferCfg = field(default_factory=TransferCfg)
     slurm: SlurmCfg = field(default_factory=SlurmCfg)
-    cost: Any = field(default_factory=_cost_cfg)  # T-G timing (reproduce/table_cost.py)
-    landscape: Any = field(default_factory=_landscape_cfg)  # figures (reproduce/figure_landscape.py, ...)
-
-
-# ---------------------------------------------------------------- profiles: the only place they are defined
-
-PROFILES: dict[str, dict[str, Any]] = {
-    # Tests: tiny synthetic data and a tiny network; every stage runs, end to end in well under 2 minutes.
-    "smoke": {
-        "trials": 2, "fractions": (1.0, 0.5), "forget.max_images": 128,
-        "forget.model": "debugnet", "forget.model_kwargs": {}, "forget.dataset": "debug",
-        "forget.channels": 1, "forget.size": 16,
-        "forget.pretrain_epochs": 1, "forget.epochs_per_session": 1, "forget.batch_size": 32,
-        "transfer.dataset": "debug", "transfer.probe_epochs": 1, "transfer.finetune_epochs": 1,
-        "transfer.batch_size": 32, "transfer.max_images": 128,
-        "collect.trials": 2, "collect.sessions": 7, "collect.models": ["debugnet"], "collect.datasets": ["debug"],
-        "collect.max_images": 128,
-        "metatrain.epochs": 2, "metatrain.max_samples_per_kind": 4096, "metatrain.window": 5,
-        "slurm.gpus_per_node": 0, "slurm.cpus_per_task": 1, "slurm.mem_gb": 2, "slurm.timeout_min": 10,
-        "cost.models": ("debugnet", "simplenet"), "cost.num_classes": 4, "cost.in_chans": 1, "cost.img_size": 16,
-        "cost.repeats": 1,
-        "landscape.grid": 5, "landscape.bn_images": 64, "landscape.eval_images": 64,
-    },
-    # The offline analog on 2 CPU cores: Fashion-MNIST upstream -> MNIST-10k downstream, a narrow ResNet-18
-    # (width 1/16: 4-8-16-32 channels) at the datasets' native 28x28 (no zero padding to 32: 22 % fewer FLOPs).
-    # Sizes are ours, chosen from training speed so Table 1 (143 units, 117 of them fine-tune runs) fits under
-    # 30 minutes on 2 cores (1 + 6 epochs measured 31 minutes, 1 + 4 epochs 24 minutes, before MNIST-10k was
-    # cached as arrays; 1 + 5 then, by time alone): D0 = 6,000 upstream images (x 100/50/25 %), 1,000 downstream
-    # training images, small transfer batches so the short fine-tuning still takes 192 steps, a fixed 1,000-image
-    # downstream test subset. The fine-tune lr 1e-3 came from one Naive run's
-    # learning curve (still rising after 5 epochs at 4e-4); all of it is the same for every row, never per method.
-    "cpu": {
-        "trials": 3,
-        "forget.model": "resnet18_know", "forget.model_kwargs": {"width": 0.0625},
-        "forget.dataset": "fashion_mnist", "forget.channels": 1, "forget.size": 28, "forget.max_images": 6000,
-        "forget.pretrain_epochs": 8, "forget.epochs_per_session": 1, "forget.batch_size": 128,
-        "forget.eval_images": 2000,  # Θ0 near convergence on D0, so later sessions forget rather than keep learning
-        "transfer.dataset": "mnist10k", "transfer.max_images": 1000, "transfer.eval_images": 1000,
-        "transfer.batch_size": 32, "transfer.probe_epochs": 1, "transfer.finetune_epochs": 5,
-        "transfer.finetune_lr": 1e-3,  # ours: the paper's 4e-4 peak is for 100 epochs on 50k images
-        "collect.trials": 16, "collect.sessions": 7, "collect.models": ["simplenet"],
-        "collect.datasets": ["fashion_mnist", "mnist10k", "digits"], "collect.max_images": 4000,
-        "metatrain.epochs": 10, "metatrain.window": 5,
-        "slurm.gpus_per_node": 0, "slurm.cpus_per_task": 2, "slurm.mem_gb": 8, "slurm.timeout_min": 60,
-        "landscape.grid": 15, "landscape.bn_images": 1024,
-    },
-    # The paper's settings (paper.md §4): CIFAR-100 -> CIFAR-10, full ResNet-18, r = 0.5, S = 5, 5 trials, 10 + 100.
-    "paper": {
-        "trials": 5,
-        "forget.model": "resnet18_know", "forget.model_kwargs": {"width": 1.0},
-        "forget.dataset": "cifar100", "forget.channels": 3, "forget.size": 32,
-        "transfer.dataset": "cifar10", "transfer.probe_epochs": 10, "transfer.finetune_epochs": 100,
-    },
-}
-
-
-def default_profile() -> str:
-    """paper where a GPU or Slurm is present, else cpu."""
-    try:
-        import torch
-        if torch.cuda.is_available():
-            return "paper"
-    except ImportError:
-        pass
-    return "paper" if shutil.which("sbatch") else "cpu"
-
-
-def make_config(profile: str | None = None, overrides: dict[str, Any] | list[str] | None = None) -> ExperimentCfg:
-    """Defaults, then the profile's overrides, then the user's (`{"forget.lr": 3e-4}` or `["forget.lr=3e-4"]`)."""
-    profile = profile or default_profile()
-    if profile not in PROFILES:
-        raise UnknownName(f"unknown profile '{profile}'; known: {', '.join(PROFILES)}")
-    cfg = ExperimentCfg(profile=profile)
-    apply_overrides(cfg, PROFILES[profile])
-    if isinstance(overrides, list):
-        overrides = parse_overrides(overrides)
-    apply_overrides(cfg, overrides or {})
-    return cfg
+    cost: CostCfg = field(default_factory=CostCfg)  # T-G timing (reproduce/table_cost.py)
+    landscape: LandscapeCfg = field(default_factory=LandscapeCfg)  # figures (reproduce/figure_landscape.py, ...)
 
 
 class ConfigError(KnowError):

@@ -16,39 +16,22 @@ the test split) unless the units report `train_s` (then those).
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from know.jobs import Unit
+from know.config import CostCfg
+from know.device import resolve_device
+from know.fastknown import load_kernel
+from know.models import create_model
+from know.predict import create_predictor, predict
+from know.routes import route
+from know.trajectory import Trajectory, param_kinds
 
-CODE = ("know.cost", "know.predict", "know.known", "know.baselines", "know.trajectory", "know.models")
 
-
-@dataclass
-class CostCfg:
-    """Defaults: the paper's T-G (ResNet-18 of the main protocol) plus the issue's ViT-S and PVTv2-b2."""
-
-    models: tuple[str, ...] = ("resnet18_know", "timm:vit_small_patch16_224", "timm:pvt_v2_b2")
-    model_kwargs: dict = field(default_factory=dict)  # model name -> kwargs (resnet18_know: width 1 by default)
-    num_classes: int = 100  # main protocol's CIFAR-100 head: 11.23 M params (≈ 3.01 s / 2.67e-7 s per param)
-    in_chans: int = 3
-    img_size: int = 32  # our choice for ViT-S / PVTv2 (paper unknown; their parameter count barely depends on it)
-    sessions: int = 5  # KNOWN's window S
-    steps: int = 3  # ×2, ×4, ×8 (paper's main setting)
-    repeats: int = 3  # timed runs after one warm-up; the best is reported
-    known: str = "official"
-    routing: str = "official"
-    device: str = "auto"  # auto: cuda when available
-    threads: int | None = None  # CPU threads (None: every core this process may use)
-    seed: int = 0
-    fraction: float = 1.0  # whose trajectory the overhead is measured on (T-A's 100 % column)
 
 
 
@@ -57,8 +40,6 @@ class CostCfg:
 
 def hardware_id(device: str = "auto") -> str:
     """The device a timing runs on, in words: GPU name, or CPU model and core count."""
-    from know.train import resolve_device
-
     dev = resolve_device(device)
     if dev.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(dev)}"
@@ -73,9 +54,6 @@ def hardware_id(device: str = "auto") -> str:
 
 def shaped_trajectory(model: str, kwargs: dict, c: CostCfg, device: torch.device):
     """A `c.sessions`-long trajectory with the model's parameter shapes and group-(a) drift values."""
-    from know.models import create_model
-    from know.trajectory import Trajectory, param_kinds
-
     net = create_model(model, num_classes=c.num_classes, in_chans=c.in_chans, img_size=c.img_size, **kwargs)
     kinds, g = param_kinds(net), torch.Generator().manual_seed(c.seed)
     params = {}
@@ -105,16 +83,11 @@ def _sync(device: torch.device) -> None:
 
 def predicted_count(traj, routing: str) -> int:
     """Scalars a hyper-model predicts (the rest keep Θ0's values)."""
-    from know.predict import route
-
     return sum(p[0].numel() for n, p in traj.params.items() if route(traj.kinds[n], p.shape[1:], routing))
 
 
 def time_prediction(model: str, c: CostCfg) -> dict:
     """Seconds for `c.steps` recurrences and for one, over every parameter of `model` (see the module docstring)."""
-    from know.predict import create_predictor, load_kernel, predict
-    from know.train import resolve_device
-
     dev = resolve_device(c.device)
     torch.set_num_threads(c.threads or len(os.sched_getaffinity(0)))  # not the executor's per-job share
     traj = shaped_trajectory(model, c.model_kwargs.get(model, {}), c, dev)
@@ -131,7 +104,7 @@ def time_prediction(model: str, c: CostCfg) -> dict:
             "load_avg": round(os.getloadavg()[0], 2)}  # other work on the machine slows a CPU timing
 
 
-def run_cost(cfg: dict, out: Path, deps: dict) -> dict:
+def unit_cost(cfg: dict, out: Path, deps: dict) -> dict:
     """Unit function: time one model's prediction."""
     return time_prediction(cfg["model"], CostCfg(**cfg["cost"]))
 
@@ -165,49 +138,3 @@ def overhead_row(cfg, pretrain_rec: dict, forget_rec: dict) -> dict:
             "data_ratio": data_ratio(sizes, fc.pretrain_epochs, fc.epochs_per_session),
             "pretrain_s": pre_s, "forget_s": fgt_s, "measured_ratio": fgt_s / pre_s,
             "seconds_from": pre_src if pre_src == fgt_src else f"{pre_src} / {fgt_src}"}
-
-
-# ---------------------------------------------------------------- the table
-
-def cost_units(c: CostCfg) -> list[Unit]:
-    """One timing unit per model, keyed by the hardware it runs on."""
-    hw = hardware_id(c.device)
-    return [Unit("cost", "know.cost:run_cost", {"model": m, "cost": asdict(dataclasses.replace(c, models=(m,))),
-                                                "hardware": hw},
-                 code=CODE, label=f"time prediction {m}") for m in c.models]
-
-
-def cost_table(cfg, runner, results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Run (or reuse) the timing units and Table 1's pre-train/forget units; write the CSV, figure; print."""
-    c: CostCfg = cfg.cost
-    from know.experiment import forget_unit, pretrain_unit
-    from know.drivers import REPO, provenance
-    from know.plots import plot_cost
-    from know.report import read_paper_csv, render_cost
-    from know.results import write_results
-
-    t0 = time.time()
-    timing = cost_units(c)
-    pre, fgt = pretrain_unit(cfg, c.fraction), forget_unit(cfg, c.fraction)
-    results = runner.run([pre, fgt])
-    for u in timing:  # one at a time: concurrent timings would share the cores
-        results.update(runner.run([u]))
-    rows = [{"part": "prediction", **results[u.key]["value"], "unit_wall_s": results[u.key].get("wall_s")}
-            for u in timing]
-    rows.append({**overhead_row(cfg, results[pre.key], results[fgt.key]), "fraction": c.fraction})
-    csv = Path(results_dir) / f"table_cost_{cfg.profile}.csv"
-    keras = "not timed: TensorFlow is not installed" if importlib.util.find_spec("tensorflow") is None else \
-        "not timed: no Keras timing path yet"
-    write_results(rows, csv, provenance("table_cost", cfg, runner, t0, device=hardware_id(c.device),
-                                        cost=asdict(c), official_keras=keras))
-    fig = plot_cost(csv, Path(figures_dir) / f"{csv.stem}.png")
-    print(f"\ntable_cost ({cfg.profile}): KNOW prediction time, ours vs the paper's T-G ('?' = unknown)\n")
-    print(render_cost(pd_read(csv), read_paper_csv(REPO / "paper" / "table_cost.csv"), markdown=False))
-    print(f"official Keras KNOWN: {keras}")
-    return [csv, csv.with_suffix(".meta.json"), fig]
-
-
-def pd_read(csv: Path):
-    import pandas as pd
-
-    return pd.read_csv(csv)

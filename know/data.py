@@ -16,6 +16,7 @@ Registered datasets (`DATASETS`):
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import gzip
 import hashlib
@@ -30,7 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from know import kernels
 from know.errors import DatasetMissing, UnknownName
+from know.io import atomic_write
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 # md5 of the *decompressed* Debian idx files (Debian recompressed the .gz, so .gz md5s differ from upstream).
@@ -210,8 +213,6 @@ def _read_npz(path: Path, source: Path) -> dict | None:
 
 
 def _write_npz(path: Path, arrays: dict) -> None:
-    from know.jobs import atomic_write
-
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -325,10 +326,14 @@ def subset_sizes(n: int, rate: float, sessions: int) -> list[int]:
     return [max(1, int(round(n * rate ** k))) for k in range(sessions)]
 
 
-def nested_subsets(n: int, rate: float, sessions: int, seed: int) -> list[torch.Tensor]:
-    """Index sets D0 ⊃ D1 ⊃ ... : prefixes of one seeded permutation of range(n)."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return [perm[:size] for size in subset_sizes(n, rate, sessions)]
+def nested_subsets(n: int, rate: float, sessions: int, seed: int | torch.Generator,
+                   size: int | None = None) -> list[torch.Tensor]:
+    """Index sets D0 ⊃ D1 ⊃ ... of range(n): prefixes of one seeded permutation of range(n), |Dk| = round(size r^k)
+    with size = |D0| (default n). The forgetting pipeline calls it with its own generator and |D0| < n for a data
+    fraction (`know.forgetting.session_subsets`), so smaller fractions use prefixes of the same permutation."""
+    gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen)
+    return [perm[:k] for k in subset_sizes(n if size is None else size, rate, sessions)]
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True,
@@ -396,18 +401,11 @@ def _pixel_centres(h: int, w: int, dtype: torch.dtype = torch.float32, device: s
     return xs.expand(h, w).contiguous(), ys.view(h, 1).expand(h, w).contiguous()
 
 
-WARP_SOURCE = Path(__file__).parent / "csrc" / "warp.c"
-
-
 @functools.lru_cache(maxsize=None)
 def _warp_kernel():
-    """know/csrc/warp.c, built on first use (know.native), or None: F.grid_sample then."""
-    import ctypes
-
-    from know import native
-
-    lib = native.build("warp", WARP_SOURCE.read_text(), "c", ["-O3", "-march=native", "-ffp-contract=off",
-                       "-fno-math-errno", "-shared", "-fPIC", "-lm"], "augmentation uses F.grid_sample")
+    """know/kernels/warp.c, built on first use (`know.kernels`), or None: F.grid_sample then."""
+    lib = kernels.load("warp", ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC",
+                                "-lm"], "augmentation uses F.grid_sample")
     if lib is not None:
         lib.warp_nearest.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long] + [ctypes.c_int] * 3
         lib.warp_affine.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_long] + [ctypes.c_int] * 3

@@ -2,7 +2,7 @@
 
 `script_main(name, run, fixed=None)`: options `--profile`, `--executor`, `--results-dir`, `--figures-dir`,
 `--cache-dir`, `--data-root`, `--trials`, `--parallel`, plus `--section.field=value` overrides of any field of the
-experiment config (`know/config.py`, where the profiles live). `fixed` holds overrides the script itself declares
+experiment config (`know/config.py`; the profiles live in `know/profiles.py`). `fixed` holds overrides the script itself declares
 (e.g. one data fraction); the command line still wins. `run(cfg, runner, results_dir, figures_dir)` does the work
 through cached units and returns the files it wrote.
 """
@@ -16,8 +16,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from know.config import ExperimentCfg, default_profile, make_config, parse_overrides
+from know.config import ExperimentCfg, parse_overrides
 from know.errors import KnowError
+from know.jobs import Runner, command_line, git_commit, resolve_executor
+from know.io import require_writable
+from know.profiles import default_profile, make_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,8 +31,6 @@ def default_cache() -> Path:
 
 def provenance(name: str, cfg: ExperimentCfg, runner, t0: float, **extra) -> dict:
     """The sidecar `.meta.json` of a result CSV: what ran, where, from which commit, how long."""
-    from know.jobs import command_line, git_commit
-
     return {"table": name, "profile": cfg.profile, "command": command_line(), "commit": git_commit(),
             "executor": runner.executor, "wall_s": round(time.time() - t0, 1), "rate": cfg.forget.rate,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": asdict(cfg), **extra}
@@ -39,7 +40,7 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=f"reproduce/{name}.py", description=f"Reproduce {name}: every unit is a cached submitit job.",
         epilog="Any config field can be overridden as --section.field=value, e.g. --forget.lr=3e-4 "
-               "--transfer.finetune_epochs=20 --slurm.partition=gpu (see know/config.py for the profiles).")
+               "--transfer.finetune_epochs=20 --slurm.partition=gpu (see know/profiles.py for the profiles).")
     p.add_argument("--profile", choices=["smoke", "cpu", "paper"], default=None,
                    help="default: paper where a GPU or Slurm is present, else cpu")
     p.add_argument("--executor", default="auto", choices=["auto", "slurm", "local", "debug"],
@@ -55,8 +56,6 @@ def build_parser(name: str) -> argparse.ArgumentParser:
 
 def script_main(name: str, run: Callable, fixed: dict | None = None, argv: list[str] | None = None) -> int:
     """Parse the command line, build the config and the runner, call `run`; KnowError -> one line, exit 1."""
-    from know.jobs import Runner, require_writable, resolve_executor
-
     args, extra = build_parser(name).parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         overrides = {**(fixed or {}), **parse_overrides(extra)}

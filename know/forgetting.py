@@ -18,15 +18,14 @@ The collector (`collect`, `collect_group`, `collect_one`, `know collect`) sample
 architectures x datasets. Trials come in groups of `group_size` that share architecture, dataset, rate and batch
 size (our choice) and differ in lr and seed (init, subsets, batch order, augmentation), so a group trains in one
 stacked pass (`forget_stacked`; SimpleNets with member k in SIMD lane k by C kernels, other nets as grouped
-convolutions or torch.func + vmap, see `know.train.Stack`) that equals one-at-a-time training to float rounding.
+convolutions or torch.func + vmap, see `know.stack`) that equals one-at-a-time training to float rounding.
 Each trial's marginal distribution is the official one; within a group rate and batch size are shared, not
 independent. The batch-size upper end is capped at `batch_max` (1024, ours) so K stacked members fit in memory.
 Job arrays: one task per group (`collect_group(cfg, g, out)`, g < num_groups(cfg)); finished trial files are
-skipped, so reruns resume.
+skipped, so reruns resume. Speed: benchmarks/collect_speed.py and benchmarks/README.md.
 
-Measured on the 2-core test machine (benchmarks/collect_speed.py, simplenet, Fashion-MNIST, |D0| = 4000, batch 56):
-see the README's benchmark table (lanes: about 3.8x the trajectories per hour of one at a time; grouped convolutions
-alone reach about 2x).
+Unit functions (`unit_pretrain`, `unit_forget`, `unit_collect`: `fn(cfg, out_dir, deps)`, see `know.jobs`) run these
+as cached jobs of a table (`know.experiment`).
 """
 from __future__ import annotations
 
@@ -34,50 +33,26 @@ import argparse
 import functools
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from know.config import override, parse_overrides
-from know.data import Augment, ImageSet, get_dataset, subset_sizes
+from know.config import CollectCfg, ForgetCfg, override, parse_overrides
+from know.data import Augment, ImageSet, get_dataset, nested_subsets
+from know.device import fast_layout, resolve_device
 from know.errors import KnowError
-from know.jobs import require_writable
-from know.train import (atomic_save, cpu_state, evaluate, evaluate_stacked, fast_layout, generator, make_optimizer,
-                        read_checkpoint, resolve_device, seed_from, seeded_model, Stack, stackable,
-                        train_epoch, train_epoch_stacked, weight_distance)
+from know.io import atomic_save, read_checkpoint, require_writable
+from know.stack import Stack, evaluate_stacked, stackable, train_epoch_stacked
+from know.train import (cpu_state, evaluate, generator, make_optimizer, seed_from, seeded_model, train_epoch,
+                        weight_distance)
 from know.trajectory import Trajectory
 
 # Fields that do not change what a run computes (excluded from resume fingerprints).
 _NON_IDENTIFYING = ("device", "data_root", "eval_batch_size")
 
 
-@dataclass
-class ForgetCfg:
-    """One forgetting run. Defaults: the paper's main protocol (paper.md §4, official CIFAR-100 script)."""
-
-    model: str = "resnet18_know"  # §4: ResNet-18 variant (registry name)
-    model_kwargs: dict = field(default_factory=dict)  # e.g. {"width": 0.25} for a narrow resnet18_know
-    dataset: str = "cifar100"  # §4: upstream CIFAR-100
-    data_root: str | None = None  # None: $KNOW_DATA or ~/.cache/know/data
-    channels: int | None = None  # None: the dataset's own channel count
-    size: int = 32  # input side length in pixels (§4: 32x32)
-    data_fraction: float = 1.0  # share of the train split forming D0 (the T-A columns 100/50/25 %)
-    max_images: int | None = None  # our choice: optional cap on |D0| for small profiles (None: no cap)
-    rate: float = 0.5  # §1/§4: |Dk| = r^k |D0|
-    sessions: int = 5  # §1: S = 5 checkpoints Θ(S-1) .. Θ0
-    pretrain_epochs: int = 1  # official sample: 1 epoch on D0; the paper's real schedule is unknown (§7)
-    epochs_per_session: int = 1  # official sample: 1 epoch per session; paper unknown (§7)
-    optimizer: str = "adam"  # §4: Adam
-    lr: float = 1e-3  # §4: Adam 1e-3
-    batch_size: int = 128  # §4
-    augment: bool = True  # §4: rotation 10°, shift 0.15, zoom 0.3, nearest fill
-    restart_from_initial: bool = False  # True: the official meta-dataset sample's variant (§3)
-    seed: int = 0
-    device: str = "auto"  # auto: cuda when available
-    eval_images: int | None = None  # our choice: test images per accuracy check (None: the whole test split)
-    eval_batch_size: int = 1024  # speed only
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -99,10 +74,10 @@ def top_size(cfg: ForgetCfg, n_train: int) -> int:
 
 
 def session_subsets(cfg: ForgetCfg, n_train: int) -> list[Tensor]:
-    """D0 ⊃ D1 ⊃ ...: prefixes of one permutation seeded by (seed, dataset) only, so a run on 50 % of the data
-    uses the D1 of the 100 % run as its D0."""
-    perm = torch.randperm(n_train, generator=generator(cfg.seed, cfg.dataset, "subsets"))
-    return [perm[:s] for s in subset_sizes(top_size(cfg, n_train), cfg.rate, cfg.sessions)]
+    """D0 ⊃ D1 ⊃ ...: `know.data.nested_subsets` of the train split, seeded by (seed, dataset) only and sized from
+    |D0| = `top_size`, so a run on 50 % of the data uses the D1 of the 100 % run as its D0."""
+    return nested_subsets(n_train, cfg.rate, cfg.sessions, generator(cfg.seed, cfg.dataset, "subsets"),
+                          size=top_size(cfg, n_train))
 
 
 def build_model(cfg: ForgetCfg, train: ImageSet) -> nn.Module:
@@ -253,7 +228,7 @@ def forget_stacked(cfgs: list[ForgetCfg], progress: bool = True, backend: str = 
 
     Member m gets its own initial weights, subsets, batch orders and augmentations (from cfgs[m].seed), exactly as
     the one-at-a-time path would, so the results agree to float rounding. Falls back to one at a time when the
-    model cannot be stacked (see `can_stack`). backend: "auto" | "lanes" | "wide" | "vmap" (see `know.train.Stack`).
+    model cannot be stacked (see `can_stack`). backend: "auto" | "lanes" | "wide" | "vmap" (see `know.stack`).
     """
     _check_stackable_cfgs(cfgs)
     c0 = cfgs[0]
@@ -296,36 +271,6 @@ def forget_stacked(cfgs: list[ForgetCfg], progress: bool = True, backend: str = 
 
 
 # ---------------------------------------------------------------------------------------------- the collector
-@dataclass
-class CollectCfg:
-    """A meta-dataset of forgetting trajectories sampled like the official sample script (paper.md §3)."""
-
-    models: list[str] = field(default_factory=lambda: ["simplenet"])  # §3: the sample's SimpleNet
-    datasets: list[str] = field(default_factory=lambda: ["fashion_mnist", "mnist10k", "digits"])  # our choice:
-    # the offline analogs of the paper's Fashion-MNIST / MNIST / CIFAR-10 (CIFAR needs a download)
-    model_kwargs: dict = field(default_factory=dict)
-    data_root: str | None = None
-    trials: int = 48  # our choice (the paper's count is unknown, §3)
-    group_size: int = 16  # our choice: trials stacked per group (share architecture, dataset, rate, batch size)
-    sessions: int = 7  # §3: 7 sessions per trajectory
-    rate_min: float = 0.3  # §3: rate ~ U(0.3, 0.9)
-    rate_max: float = 0.9
-    lr_min: float = 1e-5  # §3: lr ~ U(1e-5, 4e-3)
-    lr_max: float = 4e-3
-    batch_min: int = 32  # §3: batch ~ int(U(32, |D0| r^(S-1)))
-    batch_max: int | None = 1024  # our choice: caps the upper end for memory (K x batch images per step)
-    pretrain_epochs: int = 1  # §3: one epoch per session, D0 included
-    epochs_per_session: int = 1  # §3
-    max_images: int | None = None  # our choice: optional cap on |D0| (small profiles, benchmarks)
-    restart_from_initial: bool = False  # paper: sequential; True = the official sample's restarts
-    augment: bool = True  # §3: the sample's augmentation
-    eval_images: int | None = 1000  # our choice: test images per accuracy check (None: whole test split)
-    seed: int = 0
-    device: str = "auto"
-    channels: int | None = None
-    size: int = 32
-    stacked: bool = True  # False: one trial at a time (the benchmark's baseline)
-    backend: str = "auto"  # stacked training: auto | lanes (C kernels) | wide (grouped convs) | vmap, see train.Stack
 
 
 def combos(cfg: CollectCfg) -> list[tuple[str, str]]:
@@ -409,6 +354,29 @@ def collect(cfg: CollectCfg, out_dir: str | Path, progress: bool = True) -> list
     for g in tqdm(range(num_groups(cfg)), desc="collect groups", disable=not progress):
         paths += collect_group(cfg, g, out_dir, progress)
     return paths
+
+
+# ---------------------------------------------------------------------------------------------- unit functions
+def unit_pretrain(cfg: dict, out: Path, deps: dict) -> dict:
+    """Θ0 of `cfg["forget"]` into out/theta0.pt (resumable from out/ckpt)."""
+    t0 = time.perf_counter()
+    state = pretrain(ForgetCfg(**cfg["forget"]), ckpt_dir=out / "ckpt", progress=False)
+    atomic_save(state, out / "theta0.pt")
+    return {"train_s": time.perf_counter() - t0}  # includes loading D0 (seconds, small next to training)
+
+
+def unit_forget(cfg: dict, out: Path, deps: dict) -> dict:
+    """The trajectory from the Θ0 of deps["pretrain"] into out/trajectory.safetensors (resumable)."""
+    theta0 = torch.load(deps["pretrain"] / "theta0.pt", map_location="cpu")
+    traj = forget(ForgetCfg(**cfg["forget"]), theta0, ckpt_dir=out / "ckpt", progress=False)
+    traj.save(out / "trajectory.safetensors")
+    return {k: traj.meta[k] for k in ("session_sizes", "test_acc", "dist_to_theta0", "train_s")}
+
+
+def unit_collect(cfg: dict, out: Path, deps: dict) -> dict:
+    """One collector group's trajectories into out/trajectories/ (finished trials are kept)."""
+    paths = collect_group(CollectCfg(**cfg["collect"]), cfg["group"], out / "trajectories", progress=False)
+    return {"trajectories": len(paths)}
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -36,88 +36,22 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from know.codehash import code_hash
+from know.config import SlurmCfg
 from know.errors import KnowError
+from know.io import atomic_write_text, require_writable
 
 ROOT = Path(__file__).resolve().parent
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-# ---------------------------------------------------------------- atomic files
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
-    """Call `write(tmp_path)`, then rename the temp file (same folder) onto `path`: readers see the old file or the
-    whole new one, never a partial one. The one mechanism behind every result, cache and checkpoint write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared like any other file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _write_synced(tmp: str, text: str) -> None:
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda tmp: _write_synced(tmp, text))
-
-
-def atomic_save(obj, path: str | os.PathLike) -> Path:
-    """torch.save through `atomic_write`."""
-    import torch
-
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def require_writable(folder: Path, what: str = "folder", fix: str = "choose another") -> Path:
-    """Create `folder` if needed and check a file can be written there, before any work is done; else a KnowError
-    naming it and the fix. (Root ignores permission bits, but not a path under a regular file or in /proc.)"""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise KnowError(f"{what} {folder} is not writable ({e.strerror or e}); {fix}") from None
-    return folder
 
 
 # ---------------------------------------------------------------- units
-
-@functools.lru_cache(maxsize=None)
-def code_hash(modules: tuple[str, ...]) -> str:
-    """Hash of the source of `modules` (e.g. "know.forgetting", or "know.csrc.warp" for warp.c); a folder
-    ("know.models", "know.csrc") hashes all its Python and C sources."""
-    h = hashlib.sha256()
-    for mod in sorted(modules):
-        path = ROOT.parent.joinpath(*mod.split("."))
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".py", ".c")) if path.is_dir() \
-            else [path.with_suffix(".py") if path.with_suffix(".py").is_file() else path.with_suffix(".c")]
-        for f in files:
-            h.update(f.relative_to(ROOT.parent).as_posix().encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
 
 def _jsonable(obj):
     if dataclasses.is_dataclass(obj):
@@ -137,14 +71,15 @@ class Unit:
     fn: str  # "module:function", imported in the job process
     cfg: dict[str, Any]  # JSON-able; everything that identifies the unit's result
     deps: dict[str, "Unit"] = field(default_factory=dict)
-    code: tuple[str, ...] = ()  # modules whose source enters the key
     label: str = ""  # short human name for progress and errors
 
     @functools.cached_property
     def key(self) -> str:
+        """Hash of the stage, function, config, dependencies' keys and the code the function runs (`know.codehash`:
+        found from its imports, never listed)."""
         blob = json.dumps({"stage": self.stage, "fn": self.fn, "cfg": _jsonable(self.cfg),
                            "deps": {k: d.key for k, d in sorted(self.deps.items())},
-                           "code": code_hash(self.code)}, sort_keys=True)
+                           "code": code_hash(self.fn.split(":")[0])}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def dir(self, cache: Path) -> Path:
@@ -305,7 +240,7 @@ class Runner:
     executor: str = "auto"  # auto | slurm | local | debug
     parallel: int = 1  # local: concurrent processes
     threads: int | None = None  # torch threads per job (None: cores / parallel locally, cpus_per_task on Slurm)
-    slurm: Any = None  # know.config.SlurmCfg
+    slurm: SlurmCfg | None = None
     poll_s: float = 0.5  # seconds between checks: a freed local slot waits at most this long
     log: Any = print
     sacct_s: float = 15.0  # Slurm: ask sacct about running jobs at least this often (a cancelled job is seen then)
@@ -382,8 +317,6 @@ class Runner:
             return ex
         s = self.slurm
         if s is None:
-            from know.config import SlurmCfg
-
             s = self.slurm = SlurmCfg()
         ex = submitit.AutoExecutor(folder, cluster="slurm")
         ex.update_parameters(**slurm_parameters(s), name=self._job_name())
@@ -470,8 +403,8 @@ class Runner:
 JOB_RECORD = "job.json"  # in a unit's folder: the last job submitted for it
 
 
-def slurm_parameters(s) -> dict:
-    """submitit parameters from a `know.config.SlurmCfg`."""
+def slurm_parameters(s: SlurmCfg) -> dict:
+    """submitit parameters from a `SlurmCfg`."""
     params = dict(timeout_min=s.timeout_min, cpus_per_task=s.cpus_per_task, mem_gb=s.mem_gb,
                   slurm_array_parallelism=s.array_parallelism,
                   # the warning signal before the time limit (submitit then checkpoints and requeues): 90 s, or

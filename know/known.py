@@ -2,7 +2,7 @@
 
 KNOWN reads the last `window` snapshots of one scalar weight (most-forgotten first, Θ0 last) together with their
 first differences, and predicts a tanh-bounded increment over the newest value. The graph follows
-`shared/reference/known_keras/README.md` exactly (two branches, one exp term per branch, LeakyReLU 0.3, tanh head).
+docs/known_spec.md exactly (two branches, one exp term per branch, LeakyReLU 0.3, tanh head).
 
 Weights come from three places:
 - the authors' Keras files (`load_official`), looked up by layer name; `find_weights` finds, downloads and
@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from know.errors import UnknownName, WeightsError
+from know.io import atomic_write
 
 LEAKY_SLOPE = 0.3  # Keras LeakyReLU default (PyTorch's default is 0.01)
-CHUNK_ROWS = 4096  # rows per fused CPU inference chunk: amortises op dispatch, working set (~5 MB) stays in cache
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -90,18 +90,11 @@ class KNOWN(nn.Module):
                 nn.init.uniform_(lin.weight, -bound, bound)
 
     def forward(self, x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-        """x (N, window), dx (N, window-1) -> (N, 1). Uses the fused path when no gradient is needed."""
-        if not torch.is_grad_enabled() or not (x.requires_grad or dx.requires_grad
-                                                or any(p.requires_grad for p in self.parameters())):
-            with torch.no_grad():
-                return _FusedKNOWN(self)(x, dx)
+        """x (N, window), dx (N, window-1) -> (N, 1): the reference graph, layer by layer as in Keras (the fast
+        inference path is `know.fastknown.FastKNOWN`)."""
         a = self.branch_x(x)  # (N, proj)
         b = self.branch_dx(dx)  # (N, proj)
         return torch.tanh(self.head(torch.cat([a, b], dim=1)))  # (N, 1)
-
-    def forward_reference(self, x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-        """The plain layer-by-layer graph, whatever the grad mode (for tests and debugging)."""
-        return torch.tanh(self.head(torch.cat([self.branch_x(x), self.branch_dx(dx)], dim=1)))
 
     @torch.inference_mode()
     def step(self, window_values: torch.Tensor) -> torch.Tensor:
@@ -112,87 +105,7 @@ class KNOWN(nn.Module):
         x = window_values.to(torch.float32)
         if x.ndim != 2 or x.shape[1] != self.window:
             raise ValueError(f"step expects (N, {self.window}) values, got {tuple(x.shape)}")
-        return _FusedKNOWN(self).step(x)
-
-
-class _FusedKNOWN:
-    """Inference-only KNOWN on feature-major activations: every tensor is (features, rows).
-
-    Row-major (rows, 64) activations make each 64-wide slice strided and cost about twice as much on CPU; here
-    rate / gain / additive come out of one matmul as contiguous row blocks and every element-wise op runs in place
-    on a contiguous block. Biases are folded in as a constant row of ones. Layers are kept exactly as in Keras
-    (no algebraic folding: folding project into additive moves outputs by ~2e-6, the tolerance).
-    Chunks of `chunk` rows keep the working set (about 1.3 KB per row) in cache.
-    """
-
-    def __init__(self, m: KNOWN, chunk: int | None = None):
-        self.window, self.width, self.compressed, self.proj = m.window, m.width, m.compressed, m.proj
-        p = next(m.parameters())
-        self.device, self.dtype = p.device, p.dtype
-        self.chunk = chunk or (CHUNK_ROWS if p.device.type == "cpu" else 1 << 20)
-        self.branches = [self._pack(b) for b in (m.branch_x, m.branch_dx)]
-        self.head, self.head_bias = m.head.weight.contiguous(), m.head.bias  # (1, 2 * proj), (1,)
-
-    @staticmethod
-    def _pack(b: Branch) -> dict[str, torch.Tensor]:
-        """Weights with their bias as an extra last column: (out, in + 1)."""
-        def aug(w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-            return torch.cat([w, bias[:, None]], dim=1).contiguous()
-        return {"lift": aug(b.lift.weight, b.lift.bias),  # (width, n_in + 1)
-                "compress": aug(b.compress.weight, b.compress.bias),  # (compressed, width + 1)
-                "rga": aug(torch.cat([b.rate.weight, b.gain.weight, b.additive.weight]),
-                           torch.cat([b.rate.bias, b.gain.bias, b.additive.bias])),  # (3 width, compressed + 1)
-                "project": aug(b.project.weight, b.project.bias)}  # (proj, width + 1)
-
-    def _buffers(self, n: int) -> dict[str, torch.Tensor]:
-        w, c, p, win = self.width, self.compressed, self.proj, self.window
-        kw = dict(device=self.device, dtype=self.dtype)
-        buf = {"x": torch.empty(win + 1, n, **kw), "dx": torch.empty(win, n, **kw),  # inputs | ones
-               "h": torch.empty(w + 1, n, **kw), "z": torch.empty(c + 1, n, **kw),  # activations | ones
-               "rga": torch.empty(3 * w, n, **kw), "ab": torch.empty(2 * p, n, **kw), "y": torch.empty(1, n, **kw)}
-        for k in ("x", "dx", "h", "z"):
-            buf[k][-1] = 1.0
-        return buf
-
-    def __call__(self, x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(x.shape[0], 1, device=x.device, dtype=x.dtype)
-        buf = self._buffers(min(self.chunk, x.shape[0]))
-        for i in range(0, x.shape[0], self.chunk):
-            b = _first_cols(buf, min(self.chunk, x.shape[0] - i))
-            b["x"][:-1].copy_(x[i:i + self.chunk].T)
-            b["dx"][:-1].copy_(dx[i:i + self.chunk].T)
-            out[i:i + self.chunk, 0] = self._chunk(b)
-        return out
-
-    def step(self, x: torch.Tensor) -> torch.Tensor:
-        new = torch.empty(x.shape[0], device=x.device, dtype=x.dtype)
-        buf = self._buffers(min(self.chunk, x.shape[0]))
-        for i in range(0, x.shape[0], self.chunk):
-            b = _first_cols(buf, min(self.chunk, x.shape[0] - i))
-            xs = b["x"][:-1]  # (window, n)
-            xs.copy_(x[i:i + self.chunk].T)
-            torch.sub(xs[1:], xs[:-1], out=b["dx"][:-1])  # float32 differences, as the official helpers
-            new[i:i + self.chunk] = self._chunk(b).add_(xs[-1])
-        return new
-
-    def _chunk(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        w, c, p = self.width, self.compressed, self.proj
-        h, z, rga = b["h"], b["z"], b["rga"]
-        for i, (inp, wts) in enumerate(zip((b["x"], b["dx"]), self.branches)):
-            torch.mm(wts["lift"], inp, out=h[:w])  # (width, n)
-            torch.mm(wts["compress"], h, out=z[:c]).relu_()  # (compressed, n)
-            torch.mm(wts["rga"], z, out=rga)  # (3 width, n): rate | gain | additive
-            t = h[:w].mul_(rga[:w]).exp_()  # exp(rate * h)
-            torch.addcmul(rga[2 * w:], rga[w:2 * w], t, out=t)  # additive + gain * exp(...)
-            o = b["ab"][i * p:(i + 1) * p]  # rows 0..p-1 = a, p..2p-1 = b: the Keras concat order
-            F.leaky_relu_(torch.mm(wts["project"], h, out=o), LEAKY_SLOPE)  # (proj, n)
-        torch.mm(self.head, b["ab"], out=b["y"])
-        return b["y"][0].add_(self.head_bias).tanh_()  # (n,) view of the buffer: consume before the next chunk
-
-
-def _first_cols(buf: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
-    """The buffers restricted to their first n columns (only the last chunk is shorter)."""
-    return buf if n == next(iter(buf.values())).shape[1] else {k: v[:, :n] for k, v in buf.items()}
+        return x[:, -1] + self(x, x[:, 1:] - x[:, :-1])[:, 0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -392,7 +305,6 @@ def save_known(models: KNOWN | Mapping[str, KNOWN], path: str | os.PathLike, met
                for k, m in group.items() for n, p in m.state_dict().items()}
     header = {"format": FORMAT, "single": "1" if single else "0",
               "arch": json.dumps({k: m.arch for k, m in group.items()}), "meta": json.dumps(meta, default=str)}
-    from know.jobs import atomic_write
 
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 

@@ -21,32 +21,21 @@ Points carry `step`: −k for Θk of the trajectory, m for the prediction Θ(−
 from __future__ import annotations
 
 import json
-import math
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from know.jobs import Unit, atomic_write_text
-
-CODE = ("know.landscape", "know.data", "know.models", "know.train", "know.forgetting", "know.trajectory")
+from know.config import ForgetCfg, LandscapeCfg
+from know.errors import UnknownName
+from know.forgetting import build_model, load_data, session_subsets
+from know.io import atomic_write_text
+from know.train import evaluate, weight_distance
+from know.trajectory import Trajectory
 GRAM_CHUNK = 1 << 22  # parameters per chunk of the Gram matrix (bounds the float64 working copy)
 
 
-@dataclass
-class LandscapeCfg:
-    """Defaults: our choices for the paper profile (the paper's figure states none of them)."""
-
-    grid: int = 21  # lattice points per axis
-    margin: float = 0.3  # share of the points' extent added on each side of the lattice
-    fit_on: str = "all"  # "all": PCA of trajectory + predictions; "trajectory": of Θ(S−1) .. Θ0 only
-    methods: tuple[str, ...] = ("known_official", "taskvector")  # Table 1 rows whose predictions are drawn
-    bn: str = "recalibrate"  # "recalibrate" | "keep" (see the module docstring)
-    bn_images: int = 2048  # D0 images per BN re-estimate
-    eval_images: int | None = None  # upstream test images per accuracy (None: the forget config's eval_images)
-    fraction: float = 1.0  # the landscape is drawn on this data fraction's trajectory
 
 
 EVAL_FIELDS = ("methods", "bn", "bn_images", "eval_images")  # what the forgetting-curve units depend on
@@ -77,10 +66,7 @@ class Evaluator:
     """Upstream test accuracy of state_dicts of the forgetting run's model, under the BN policy `lc.bn`."""
 
     def __init__(self, fc, lc: LandscapeCfg):
-        from know.forgetting import build_model, load_data, session_subsets
-
         if lc.bn not in ("recalibrate", "keep"):
-            from know.errors import UnknownName
             raise UnknownName(f"unknown BN policy '{lc.bn}'; choices: recalibrate, keep")
         if lc.eval_images is not None:
             fc = replace(fc, eval_images=lc.eval_images)
@@ -91,8 +77,6 @@ class Evaluator:
         self.bn, self.batch = lc.bn, fc.eval_batch_size
 
     def __call__(self, state: dict[str, Tensor]) -> float:
-        from know.train import evaluate
-
         self.model.load_state_dict(state)
         if self.bn == "recalibrate":
             recalibrate_bn(self.model, self.calib, self.batch)
@@ -101,17 +85,7 @@ class Evaluator:
 
 # ---------------------------------------------------------------- the points and their plane
 
-def method_row(method: str, steps: int = 3):
-    """Table 1's `Row` of a method name (its `Row.name`), predicting `steps` recurrences."""
-    from know.experiment import Row
-
-    if method.startswith("known_"):  # known_official, known_ours, known_ours_s3 (window 3)
-        known, _, window = method.removeprefix("known_").partition("_s")
-        return Row("known", known=known, steps=tuple(range(1, steps + 1)), window=int(window or 5))
-    return Row(method, steps=(steps,))
-
-
-def collect_points(traj, deps: dict[str, Path], methods) -> list[tuple[dict, dict[str, Tensor]]]:
+def gather_points(traj, deps: dict[str, Path], methods) -> list[tuple[dict, dict[str, Tensor]]]:
     """(description, state_dict) of Θ(S−1) .. Θ0, then of each method's Θ(−1), Θ(−2), ..."""
     accs = traj.meta.get("test_acc") or [None] * traj.num_sessions
     points = [({"method": "trajectory", "step": -k, "label": f"Θ{k}", "trained_acc": accs[k]}, traj.theta(k))
@@ -190,16 +164,13 @@ def evaluate_grid(ev: Evaluator, mean: Tensor, axes: Tensor, axis_values, templa
     return rows
 
 
-def run_landscape(cfg: dict, out: Path, deps: dict) -> dict:
+def unit_landscape(cfg: dict, out: Path, deps: dict) -> dict:
     """Unit function: the plane, the lattice accuracies and the points (see the module docstring)."""
-    from know.forgetting import ForgetCfg
-    from know.trajectory import Trajectory
-
     lc, fc = LandscapeCfg(**cfg["landscape"]), ForgetCfg(**cfg["forget"])
     if lc.fit_on not in ("all", "trajectory"):
         raise ValueError(f"fit_on must be 'all' or 'trajectory', not '{lc.fit_on}'")
     traj = Trajectory.load(deps["trajectory"] / "trajectory.safetensors")
-    points, names = collect_points(traj, deps, lc.methods), list(traj.params)
+    points, names = gather_points(traj, deps, lc.methods), list(traj.params)
     x = torch.stack([flatten(s, names) for _, s in points])  # (points, P)
     fit = [i for i, (p, _) in enumerate(points) if lc.fit_on == "all" or p["method"] == "trajectory"]
     mean, axes, ratio = pca_plane(x, fit)
@@ -212,90 +183,14 @@ def run_landscape(cfg: dict, out: Path, deps: dict) -> dict:
     return {"points": rows, "grid": grid, "explained_variance": ratio, "params": x.shape[1]}
 
 
-def run_upstream(cfg: dict, out: Path, deps: dict) -> dict:
+def unit_upstream(cfg: dict, out: Path, deps: dict) -> dict:
     """Unit function: accuracy and ‖Θ − Θ0‖ of every session and prediction, with its (virtual) data size."""
-    from know.forgetting import ForgetCfg
-    from know.train import weight_distance
-    from know.trajectory import Trajectory
-
     lc, fc = LandscapeCfg(**cfg["eval"]), ForgetCfg(**cfg["forget"])
     traj = Trajectory.load(deps["trajectory"] / "trajectory.safetensors")
     sizes, theta0, names, ev = traj.meta["session_sizes"], traj.theta(0), list(traj.params), Evaluator(fc, lc)
     rows = []
-    for p, state in collect_points(traj, deps, lc.methods):
+    for p, state in gather_points(traj, deps, lc.methods):
         size = sizes[-p["step"]] if p["method"] == "trajectory" else sizes[0] / fc.rate ** p["step"]
         rows.append({**p, "data_size": size, "acc": ev(state),
                      "dist_to_theta0": weight_distance(state, theta0, names)})
     return {"rows": rows}
-
-
-# ---------------------------------------------------------------- units and drivers
-
-def _point_deps(cfg, fraction: float, methods) -> dict[str, Unit]:
-    from know.experiment import forget_unit, predict_unit
-
-    deps = {"trajectory": forget_unit(cfg, fraction)}
-    deps.update({m: predict_unit(cfg, fraction, method_row(m, cfg.predict.steps)) for m in methods})
-    return deps
-
-
-def landscape_unit(cfg, lc: LandscapeCfg) -> Unit:
-    deps = _point_deps(cfg, lc.fraction, lc.methods)
-    return Unit("landscape", "know.landscape:run_landscape",
-                {"forget": deps["trajectory"].cfg["forget"], "landscape": asdict(lc)}, deps=deps, code=CODE,
-                label=f"landscape f={lc.fraction:g} ({lc.grid}x{lc.grid})")
-
-
-def upstream_unit(cfg, lc: LandscapeCfg, fraction: float) -> Unit:
-    deps = _point_deps(cfg, fraction, lc.methods)
-    return Unit("upstream", "know.landscape:run_upstream",
-                {"forget": deps["trajectory"].cfg["forget"], "eval": {k: getattr(lc, k) for k in EVAL_FIELDS}},
-                deps=deps, code=CODE, label=f"upstream accuracy f={fraction:g}")
-
-
-def figure_landscape(cfg, runner, results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Run (or reuse) the landscape unit; write `figure_landscape_<profile>.csv` (+ meta) and its figure."""
-    lc: LandscapeCfg = cfg.landscape
-    from know.drivers import provenance
-    from know.plots import plot_landscape
-    from know.results import write_results
-
-    t0, unit = time.time(), landscape_unit(cfg, lc)
-    rec = runner.run([unit])[unit.key]
-    v = rec["value"]
-    csv = Path(results_dir) / f"figure_landscape_{cfg.profile}.csv"
-    write_results(v["points"] + v["grid"], csv,
-                  provenance("figure_landscape", cfg, runner, t0, landscape=asdict(lc), unit_wall_s=rec.get("wall_s"),
-                             explained_variance=v["explained_variance"], params=v["params"]))
-    _print_points(v["points"], f"landscape ({cfg.profile}, PC1+PC2 explain "
-                               f"{100 * sum(v['explained_variance']):.1f} % of the points' variance)")
-    return [csv, plot_landscape(csv, Path(figures_dir) / f"{csv.stem}.png")]
-
-
-def figure_forgetting(cfg, runner, results_dir: Path, figures_dir: Path) -> list[Path]:
-    """Run (or reuse) one upstream unit per data fraction; write `figure_forgetting_<profile>.csv` and its figure."""
-    lc: LandscapeCfg = cfg.landscape
-    from know.drivers import provenance
-    from know.plots import plot_forgetting
-    from know.results import write_results
-
-    t0 = time.time()
-    units = {f: upstream_unit(cfg, lc, f) for f in cfg.fractions}
-    results = runner.run(list(units.values()))
-    rows = [{"fraction": f, **r} for f, u in units.items() for r in results[u.key]["value"]["rows"]]
-    csv = Path(results_dir) / f"figure_forgetting_{cfg.profile}.csv"
-    write_results(rows, csv, provenance("figure_forgetting", cfg, runner, t0,
-                                        landscape={k: getattr(lc, k) for k in EVAL_FIELDS},
-                                        unit_wall_s=sum(results[u.key].get("wall_s") or 0 for u in units.values())))
-    _print_points(rows, f"forgetting curve ({cfg.profile})")
-    return [csv, plot_forgetting(csv, Path(figures_dir) / f"{csv.stem}.png")]
-
-
-def _print_points(rows: list[dict], title: str) -> None:
-    print(f"\n{title}: upstream test accuracy % (trained = with the statistics it was trained with)")
-    for r in rows:
-        trained = r.get("trained_acc")
-        extra = "" if trained is None or (isinstance(trained, float) and math.isnan(trained)) else \
-            f" (trained {100 * trained:.2f})"
-        where = f" f={r['fraction']:g}" if "fraction" in r else ""
-        print(f"  {r['method']:>15} {r['label']:>6}{where}: {100 * r['acc']:6.2f}{extra}")

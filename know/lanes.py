@@ -1,11 +1,11 @@
 """The "lanes" stack backend: K <= 16 SimpleNets trained at once with member k in SIMD lane k (CPU only).
 
 Every tensor keeps the member axis innermost, (..., 16), so one 16-float vector holds one value of all members and
-the convolutions become plain element-wise vector arithmetic (know/csrc/lanes.c). oneDNN's grouped convolutions are
+the convolutions become plain element-wise vector arithmetic (know/kernels/lanes.c). oneDNN's grouped convolutions are
 slow at SimpleNet's channel counts (8-32 per member); these kernels are not (benchmarks/collect_speed.py).
 
-The C file is compiled on first use with the system C compiler (`$CC`, else cc/gcc/clang; -O3 -march=native), once
-per machine, see `know.native`. Without a compiler, or with $KNOW_CKERNEL=0, `library()` is None and stacks use the
+know/kernels/lanes.c is compiled on first use with the system C compiler (`$CC`, else cc/gcc/clang; -O3
+-march=native), once per machine, see `know.kernels`; the ctypes mirrors of its structs are checked by size at load. Without a compiler, or with $KNOW_CKERNEL=0, `library()` is None and stacks use the
 "wide" backend.
 """
 from __future__ import annotations
@@ -14,14 +14,13 @@ import ctypes
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from know import native
+from know import kernels
+from know.models.simplenet import SimpleNet
 
-SOURCE = Path(__file__).parent / "csrc" / "lanes.c"
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC", "-lm"]
 TRAIN_CHUNK = 4  # images per forward + backward pass (one thread's share of work at a time) ...
 MAX_CHUNKS = 16  # ... but at most this many chunks per batch: each has its own gradient slot
@@ -56,8 +55,10 @@ class _Step(ctypes.Structure):
 @lru_cache(maxsize=None)
 def library() -> ctypes.CDLL | None:
     """The compiled lane kernels, or None (with a warning when a compiler is missing or the build fails)."""
-    lib = native.build("lanes", SOURCE.read_text(), "c", FLAGS, "stacked training uses the slower 'wide' backend")
-    if lib is None:
+    fallback = "stacked training uses the slower 'wide' backend"
+    lib = kernels.load("lanes", FLAGS, fallback)
+    if lib is None or not all(kernels.check_struct(lib, f"sizeof_{name}", struct, fallback)
+                              for name, struct in (("plan", _Plan), ("step", _Step))):
         return None
     lib.plan_forward.argtypes = [ctypes.POINTER(_Plan), ctypes.c_void_p, ctypes.c_long, ctypes.c_long]
     lib.train_step.argtypes = [ctypes.POINTER(_Step), ctypes.c_void_p]
@@ -77,8 +78,6 @@ def _ptr(t: Tensor | None) -> int | None:
 
 def _layers(template: nn.Module) -> tuple[list[nn.Conv2d], nn.Linear, nn.Linear] | None:
     """SimpleNet's shape: features = [Conv2d('same', stride 1), ReLU, MaxPool2d(2)] * n, then fc, ReLU, head."""
-    from know.models.simplenet import SimpleNet
-
     if type(template) is not SimpleNet:
         return None
     mods = list(template.features)
@@ -126,9 +125,11 @@ class LaneNet:
     gradient slot and the slots are summed in chunk order: the result does not depend on which thread took which
     chunk."""
 
-    def __init__(self, template: nn.Module, k: int, lib: ctypes.CDLL, threads: int | None = None):
+    def __init__(self, template: nn.Module, k: int, lib: ctypes.CDLL, betas: tuple[float, float], eps: float,
+                 threads: int | None = None):
         convs, fc, head = _layers(template)
         self.lib, self.k, self.lanes = lib, k, lib.lanes()
+        self.betas, self.eps = betas, eps  # Adam's, passed in by the caller (know.stack)
         if k > self.lanes:
             raise ValueError(f"at most {self.lanes} members per lane stack, got {k}")
         module_name = {id(m): n for n, m in template.named_modules()}
@@ -161,12 +162,13 @@ class LaneNet:
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     @classmethod
-    def build(cls, template: nn.Module, k: int) -> LaneNet | None:
-        """A LaneNet for `template`, or None when the kernels are missing or the model has another shape."""
+    def build(cls, template: nn.Module, k: int, betas: tuple[float, float], eps: float) -> LaneNet | None:
+        """A LaneNet for `template` whose Adam uses `betas` and `eps`, or None when the kernels are missing or the
+        model has another shape."""
         lib = library()
         if lib is None or _layers(template) is None or k > lib.lanes():
             return None
-        return cls(template, k, lib)
+        return cls(template, k, lib, betas, eps)
 
     def _weight(self, name: str) -> Tensor:
         return self.store[name + ".weight"]
@@ -179,8 +181,8 @@ class LaneNet:
             start += shape.numel()
         return views
 
-    def adam(self, lrs: Tensor) -> LaneAdam:
-        """Adam for the members, one learning rate each (`know.train.StackedAdam`'s arithmetic)."""
+    def optimizer(self, lrs: Tensor) -> LaneAdam:
+        """Adam for the members, one learning rate each (`know.stack.StackedAdam`'s arithmetic)."""
         return LaneAdam(self, lrs)
 
     def _batch(self, total: int) -> dict[str, Tensor]:
@@ -337,12 +339,10 @@ class LaneNet:
 
 
 class LaneAdam:
-    """`know.train.StackedAdam` for a LaneNet: the same arithmetic, one C call over the flat lane storage."""
+    """`know.stack.StackedAdam` for a LaneNet: the same arithmetic, one C call over the flat lane storage."""
 
     def __init__(self, net: LaneNet, lrs: Tensor):
-        from know.train import ADAM_BETAS, KERAS_ADAM_EPS
-
-        self.net, self.betas, self.eps = net, ADAM_BETAS, KERAS_ADAM_EPS
+        self.net, self.betas, self.eps = net, net.betas, net.eps
         self.lrs = torch.zeros(net.lanes)
         self.lrs[:net.k] = lrs.float()  # padded lanes get lr 0: their (zero) weights never move
         self.exp_avg, self.exp_avg_sq, self.t = torch.zeros_like(net.flat), torch.zeros_like(net.flat), 0

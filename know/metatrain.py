@@ -30,10 +30,15 @@ from pathlib import Path
 
 import torch
 
+from know.config import MetaTrainCfg, override, parse_overrides
+from know.device import resolve_device
+from know import __version__
 from know.errors import KnowError, TrajectoryError
-from know.config import override, parse_overrides
-from know.jobs import atomic_save, atomic_write_text
+from know.fastknown import FastKNOWN
+from know import routes
+from know.io import atomic_save, atomic_write_text
 from know.known import KNOWN, load_known, save_known
+from know.trajectory import Trajectory, load_official_mat
 
 # trajectory parameter kind -> KNOWN model, the simplest routing (tests, custom runs); by default meta-training
 # uses the same policy as prediction, `know.predict.route` with cfg.routing
@@ -42,29 +47,6 @@ CSV_FIELDS = ("epoch", "kind", "train_mae", "val_mae", "val_mae_copy_last", "val
 EVAL_ROWS = 1 << 18  # rows per evaluation call (bounds activation memory)
 
 
-@dataclass
-class MetaTrainCfg:
-    """Meta-training settings. The paper gives only the loss and the optimiser; the rest is our choice."""
-
-    window: int = 5  # snapshots KNOWN reads (paper: S = 5); trajectories need window + 1 sessions
-    epochs: int = 20  # our choice: passes over the (subsampled) samples, per kind
-    batch_size: int = 4096  # our choice: rows per Adam step
-    lr: float = 1e-3  # Adam learning rate (official compile: Adam(1e-3), loss 'mae')
-    max_samples_per_kind: int = 2_000_000  # our choice: training rows per kind (seeded subsample; bounds memory)
-    max_val_samples_per_kind: int = 500_000  # our choice: validation rows per kind
-    val_fraction: float = 0.2  # our choice: share of whole trajectories held out (at least 1 if there are 2+)
-    l1_kernel: float = 1e-6  # official KNOWN.py: L1 on lift/project kernels, added to the loss
-    l1_bias: float = 0.1  # official KNOWN.py: L1 on lift/project biases, added to the loss
-    seed: int = 0
-    device: str = "auto"  # "auto" = cuda if available, else cpu
-    kinds: tuple[str, ...] = ("conv", "fc", "bias")  # KNOWN models to train
-    routing: str = "official"  # parameters -> models, as in prediction (know.predict.ROUTINGS); norm: not trained
-    progress: bool = True  # tqdm bar
-
-    def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
 
 
 # fields that may change when resuming; any other change means different samples or a different run
@@ -93,9 +75,8 @@ def windows_of(stack: torch.Tensor, window: int, index: torch.Tensor | None = No
 
 def prediction_route(routing: str) -> Route:
     """The routing `know predict` uses, as a meta-training route (unknown name: UnknownName with the choices)."""
-    from know.predict import route
-    route("conv", (1, 1, 3, 3), routing)  # validate the name now, not at the first parameter
-    return lambda name, kind, shape: route(kind, shape, routing)
+    routes.route("conv", (1, 1, 3, 3), routing)  # validate the name now, not at the first parameter
+    return lambda name, kind, shape: routes.route(kind, shape, routing)
 
 
 def _route(route: Route, name: str, kind: str, shape: tuple) -> str | None:
@@ -132,9 +113,8 @@ def _load(source):
     """A Trajectory, or a path to one (`.mat` = official meta-dataset layout, else our safetensors format)."""
     if not isinstance(source, (str, os.PathLike)):
         return source
-    from know import trajectory
     path = Path(source)
-    return trajectory.load_official_mat(path) if path.suffix.lower() == ".mat" else trajectory.Trajectory.load(path)
+    return load_official_mat(path) if path.suffix.lower() == ".mat" else Trajectory.load(path)
 
 
 def _name(source, i: int) -> str:
@@ -144,7 +124,7 @@ def _name(source, i: int) -> str:
     return str(meta.get("name") or meta.get("source_file") or f"trajectory_{i}")
 
 
-def collect(sources: list, cfg: MetaTrainCfg, route: Route, max_rows: int, salt: str) \
+def gather_samples(sources: list, cfg: MetaTrainCfg, route: Route, max_rows: int, salt: str) \
         -> tuple[dict[str, torch.Tensor], int]:
     """Samples of `sources` (loaded one at a time) per kind, and how many trajectories gave any.
 
@@ -197,7 +177,7 @@ def l1_penalty(model: KNOWN, cfg: MetaTrainCfg) -> torch.Tensor:
     return total
 
 
-def train_epoch(model: KNOWN, opt: torch.optim.Optimizer, rows: torch.Tensor, cfg: MetaTrainCfg,
+def train_known_epoch(model: KNOWN, opt: torch.optim.Optimizer, rows: torch.Tensor, cfg: MetaTrainCfg,
                 gen: torch.Generator, bar) -> float:
     """One shuffled pass; returns the mean data MAE (without the regulariser). Non-finite batches are skipped."""
     perm = torch.randperm(rows.shape[0], generator=gen).to(rows.device)
@@ -226,11 +206,13 @@ def train_epoch(model: KNOWN, opt: torch.optim.Optimizer, rows: torch.Tensor, cf
 
 
 @torch.no_grad()
-def evaluate(model: KNOWN, rows: torch.Tensor) -> float:
+def evaluate_known(model: KNOWN, rows: torch.Tensor) -> float:
+    """Mean |x[:, -1] + KNOWN(x, dx) - target| over rows (N, window + 1), through the fast inference path."""
     if rows.shape[0] == 0:
         return float("nan")
-    errs = [residual_mae(model, rows[i:i + EVAL_ROWS]).item() * rows[i:i + EVAL_ROWS].shape[0]
-            for i in range(0, rows.shape[0], EVAL_ROWS)]
+    fast = FastKNOWN(model)
+    errs = [float((r[:, -2] + fast(r[:, :-1])[:, 0] - r[:, -1]).abs().sum())
+            for r in rows.split(EVAL_ROWS)]
     return sum(errs) / rows.shape[0]
 
 
@@ -339,12 +321,12 @@ def meta_train(trajectories: Iterable, cfg: MetaTrainCfg, out_dir: str | os.Path
     if not cfg.kinds:
         raise KnowError("no kinds to train: set --kinds=conv,fc,bias (or a subset)")
     out.mkdir(parents=True, exist_ok=True)
-    device = cfg.resolved_device()
+    device = resolve_device(cfg.device)
     sources = list(trajectories)
     train_src, val_src = split_sources(sources, cfg)
     data_key = _data_key(sources)
-    train, n_train = collect(train_src, cfg, route, cfg.max_samples_per_kind, "train")
-    val, n_val = collect(val_src, cfg, route, cfg.max_val_samples_per_kind, "val")
+    train, n_train = gather_samples(train_src, cfg, route, cfg.max_samples_per_kind, "train")
+    val, n_val = gather_samples(val_src, cfg, route, cfg.max_val_samples_per_kind, "val")
     if n_train == 0:
         raise TrajectoryError(f"no training trajectory has window + 1 = {cfg.window + 1} sessions or more; "
                               f"meta-training needs a target after each window (collect longer trajectories "
@@ -380,8 +362,8 @@ def _run_epochs(state: RunState, cfg: MetaTrainCfg, train: dict, val: dict, refs
             for kind in cfg.kinds:
                 gen = torch.Generator().manual_seed(_seed(cfg.seed, f"shuffle/{kind}/{epoch}"))
                 bar.set_description(f"meta-train {kind} epoch {epoch + 1}/{cfg.epochs}")
-                train_mae = train_epoch(state.models[kind], state.opts[kind], train[kind], cfg, gen, bar)
-                row = dict(epoch=epoch + 1, kind=kind, train_mae=train_mae, val_mae=evaluate(state.models[kind],
+                train_mae = train_known_epoch(state.models[kind], state.opts[kind], train[kind], cfg, gen, bar)
+                row = dict(epoch=epoch + 1, kind=kind, train_mae=train_mae, val_mae=evaluate_known(state.models[kind],
                            val[kind]), val_mae_copy_last=refs[kind][0], val_mae_linear=refs[kind][1])
                 _keep_best(state, kind, row, cfg, out, data)
                 rows.append(row)
@@ -430,7 +412,6 @@ def _seed(seed: int, salt: str) -> int:
 
 
 def _code_version() -> str:
-    from know import __version__
     return __version__
 
 
@@ -438,9 +419,11 @@ def _code_version() -> str:
 # Command line
 
 
-def apply_overrides(cfg, args: list[str]):
-    """Return a copy of dataclass `cfg` with `--key=value` overrides, type-checked; unknown keys fail."""
-    return override(cfg, parse_overrides(args))
+def unit_metatrain(cfg: dict, out: Path, deps: dict) -> dict:
+    """Our KNOWN, meta-trained on the trajectories of every collector group in `deps`, into `out`."""
+    paths = sorted(p for d in deps.values() for p in (d / "trajectories").glob("*.safetensors"))
+    models = meta_train(paths, MetaTrainCfg(**cfg["metatrain"]), out)
+    return {"trajectories": len(paths), "kinds": sorted(models)}
 
 
 def expand_sources(patterns: list[str]) -> list[str]:
@@ -467,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="trajectory files, globs or folders (our .safetensors or the official .mat)")
     p.add_argument("--out", required=True, help="output folder (resumes from its checkpoint.pt)")
     args, rest = p.parse_known_args(argv)
-    cfg = apply_overrides(MetaTrainCfg(), rest)
+    cfg = override(MetaTrainCfg(), parse_overrides(rest))
     meta_train(expand_sources(args.trajectories), cfg, args.out)
     best = json.loads((Path(args.out) / "summary.json").read_text())
     for kind, b in best.items():

@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from know.io import atomic_write  # noqa: E402
 from know.results import read_results, row_label, summarize  # noqa: E402
 
 PALETTE = {"naive": "#7f7f7f", "taskvector": "#9ecae1", "logfit": "#6baed6", "tsv": "#3182bd",
@@ -17,9 +18,7 @@ PALETTE = {"naive": "#7f7f7f", "taskvector": "#9ecae1", "logfit": "#6baed6", "ts
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Atomic PNG write (know.jobs.atomic_write); closes the figure."""
-    from know.jobs import atomic_write
-
+    """Atomic PNG write (know.io.atomic_write); closes the figure."""
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight"))
     finally:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from know.jobs import atomic_write_text
+from know.io import atomic_write_text
+from know.results import paper_cell, read_results, row_label, summarize
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE_ORDER = ("paper", "cpu", "smoke")
@@ -105,8 +106,6 @@ def duration(seconds) -> str:
 
 def render_transfer(df: pd.DataFrame, meta: dict, paper: pd.DataFrame | None) -> str:
     """Rows method × steps; per fraction the mean ± std of ours (n trials) and the paper's cell."""
-    from know.results import _paper_cell, row_label, summarize
-
     summary, rate = summarize(df), float(meta.get("rate", 0.5))
     fractions = sorted(summary["fraction"].unique(), reverse=True)
     head = ["row"] + [c for f in fractions for c in (f"{f:.0%} ours", f"{f:.0%} paper")]
@@ -116,7 +115,7 @@ def render_transfer(df: pd.DataFrame, meta: dict, paper: pd.DataFrame | None) ->
         for f in fractions:
             r = grp[grp["fraction"] == f]
             ours = "-" if not len(r) else f"{num(r['mean'].iloc[0])}±{num(r['std'].iloc[0])} (n={r['count'].iloc[0]})"
-            cells += [ours, _paper_cell(paper, method, steps, f)]
+            cells += [ours, paper_cell(paper, method, steps, f)]
         rows.append(cells)
     return md_table(head, rows)
 
@@ -210,8 +209,6 @@ def setup_line(meta: dict) -> str:
 
 
 def render_section(name: str, profile: str, csv: Path, figures_dir: Path, paper_dir: Path, out_dir: Path) -> str:
-    from know.results import read_results
-
     label, title, paper_csv, kind = TABLES[name]
     df, meta = read_results(csv)
     paper = read_paper_csv(Path(paper_dir) / paper_csv) if paper_csv else None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from know.jobs import atomic_write_text
+from know.io import atomic_write_text
 
 DISPLAY = {"naive": "Naive", "taskvector": "TaskVector", "logfit": "LogFit", "tsv": "TSV",
            "known_official": "KNOWN (official)", "known_ours": "KNOWN (ours)", "wnn": "WNN",
@@ -81,7 +81,7 @@ def side_by_side(summary: pd.DataFrame, paper: pd.DataFrame | None, rate: float 
         for f in fractions:
             r = grp[grp["fraction"] == f]
             ours = _fmt(*r[["mean", "std"]].iloc[0]) if len(r) else "-"
-            cells.append(f"{ours} | {_paper_cell(paper, method, steps, f)}")
+            cells.append(f"{ours} | {paper_cell(paper, method, steps, f)}")
         lines.append(cells)
     widths = [max(len(str(c[i])) for c in [head] + lines) for i in range(len(head))]
     buf = io.StringIO()
@@ -90,7 +90,7 @@ def side_by_side(summary: pd.DataFrame, paper: pd.DataFrame | None, rate: float 
     return buf.getvalue()
 
 
-def _paper_cell(paper: pd.DataFrame | None, method: str, steps: int, fraction: float) -> str:
+def paper_cell(paper: pd.DataFrame | None, method: str, steps: int, fraction: float) -> str:
     if paper is None:
         return "?"
     match = paper[(paper["method"] == method) & (paper["fraction"].astype(float) == float(fraction))]

@@ -37,8 +37,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from know import __version__
 from know.errors import TrajectoryError
-from know.jobs import atomic_write
+from know.io import atomic_write
 
 FORMAT = "know.trajectory"
 FORMAT_VERSION = "1"
@@ -217,7 +218,6 @@ class Trajectory:
 
 # ----------------------------------------------------------------------------------------------- helpers
 def _code_version() -> str:
-    from know import __version__
     return __version__
 
 

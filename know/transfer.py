@@ -28,35 +28,19 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from know.config import override, parse_overrides
+from know.config import TransferCfg, override, parse_overrides
 from know.data import Augment, ImageSet, get_dataset
+from know.device import fast_layout, resolve_device
 from know.errors import KnowError
-from know.jobs import require_writable
+from know.io import atomic_save, atomic_write_text, read_checkpoint, require_writable
 from know.models import get_head, replace_head
-from know.train import (atomic_save, cpu_state, evaluate, fast_layout, generator, make_optimizer, read_checkpoint,
-                        resolve_device, seed_from, seeded_model, set_lr, train_epoch)
-from know.trajectory import param_kinds
+from know.train import (cpu_state, evaluate, generator, make_optimizer, seed_from, seeded_model, set_lr,
+                        train_epoch)
+from know.trajectory import Trajectory, param_kinds
 
 PHASES = ("probe", "finetune")
 
 
-@dataclass
-class TransferCfg:
-    """The downstream protocol. Defaults: paper.md §4 (CIFAR-100 -> CIFAR-10, official script)."""
-
-    dataset: str = "cifar10"  # §4: downstream CIFAR-10
-    data_root: str | None = None  # None: $KNOW_DATA or ~/.cache/know/data
-    probe_epochs: int = 10  # §4 phase 1
-    probe_lr: float = 1e-3  # §4 phase 1: Adam 1e-3
-    finetune_epochs: int = 100  # §4 phase 2 (E in the cosine)
-    finetune_lr: float = 4e-4  # §4 phase 2: peak of lr(e) = 0.5 * 4e-4 * (1 + cos(pi e / E))
-    batch_size: int = 128  # §4, both phases
-    optimizer: str = "adam"  # §4
-    augment: bool = True  # §4: the same augmentation as upstream
-    max_images: int | None = None  # our choice: cap on downstream train images (first n of a seeded permutation)
-    eval_images: int | None = None  # our choice: test images per epoch (None: the whole test split)
-    device: str = "auto"
-    eval_batch_size: int = 1024  # speed only
 
 
 @dataclass
@@ -231,6 +215,18 @@ def _result(cfg: TransferCfg, log: list[dict], wall: float, seed: int, upstream:
                           wall_time_s=wall, seed=seed, upstream_model=upstream, config=asdict(cfg))
 
 
+# ---------------------------------------------------------------------------------------------- unit function
+def unit_transfer(cfg: dict, out: Path, deps: dict) -> dict:
+    """One fine-tune run from deps["weights"] (Θ0 for step 0, else the prediction of that step); resumable."""
+    step = cfg["step"]
+    weights = deps["weights"] / ("theta0.pt" if step == 0 else f"step{step}.pt")
+    state = torch.load(weights, map_location="cpu")
+    up = cfg["upstream"]
+    result = run_transfer(TransferCfg(**cfg["transfer"]), state, up["model"], up["model_kwargs"], seed=cfg["seed"],
+                          ckpt_path=out / "checkpoint.pt", progress=False)
+    return {"final_acc": result.final_acc, "best_acc": result.best_acc, "log": result.log}
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     """Weights and what the file says about them: a trajectory (.safetensors, Θ0 and its meta) or a torch file
@@ -239,7 +235,6 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     if not path.is_file():
         raise KnowError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from know.trajectory import Trajectory
         traj = Trajectory.load(path)
         return {k: v.clone() for k, v in traj.theta(0).items()}, traj.meta
     obj = torch.load(path, map_location="cpu", weights_only=False)
@@ -274,7 +269,6 @@ def main(argv: list[str]) -> int:
             kwargs.setdefault(key, meta[meta_key])
     res = run_transfer(cfg, state, model, kwargs, args.upstream_classes, args.seed, args.ckpt)
     if args.out:
-        from know.jobs import atomic_write_text
         atomic_write_text(Path(args.out), json.dumps(res.to_dict(), indent=1))
     print(f"transfer {model} -> {cfg.dataset}: final acc {res.final_acc:.4f}, best {res.best_acc:.4f} "
           f"({res.best_epoch['phase']} epoch {res.best_epoch['epoch']}), {res.wall_time_s:.1f} s")

@@ -28,7 +28,7 @@ parameters) we follow the routing policy: Conv1d -> Conv model, pos_embed-like t
 Multi-step: the official callback forecasts once every 5 epochs and never feeds a forecast back; here `rollout` slides
 the window (append the prediction, drop the oldest) like every other predictor [ours].
 
-The network runs through `know.predict.FastKNOWN` (the same architecture; its folded dx is the difference of the
+The network runs through `know.fastknown.FastKNOWN` (the same architecture; its folded dx is the difference of the
 float32 xn rather than the float32 cast of the float64 difference: within the README tolerances, see tests/test_wnn.py).
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ from torch import Tensor
 from know.baselines import Predictor
 from know.errors import UnknownName
 from know.known import load_wnn
-from know.predict import FastKNOWN
+from know.fastknown import FastKNOWN
 
 RANGE_EPS = 1e-8  # added to the window range (the official code's "maxval")
 SCALE_EPS = 1e-5  # added again in the denominator: ((max − min) + 1e-8) + 1e-5

@@ -9,7 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from know.experiment import Row, table_main  # noqa: E402
+from know.experiment import Row  # noqa: E402
+from know.tables import table_main  # noqa: E402
 
 ROWS = [
     Row("naive"),

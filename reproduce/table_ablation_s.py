@@ -7,7 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from know.experiment import Row, table_main  # noqa: E402
+from know.experiment import Row  # noqa: E402
+from know.tables import table_main  # noqa: E402
 
 ROWS = [Row("naive")] + [Row("known", known="ours", steps=(1, 2, 3), window=s) for s in (2, 3, 4, 5)] + [
     Row("known", known="official", steps=(1, 2, 3)), Row("wnn", steps=(1, 2, 3))]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from know.cost import cost_table  # noqa: E402
+from know.tables import cost_table  # noqa: E402
 from know.drivers import script_main  # noqa: E402
 
 if __name__ == "__main__":

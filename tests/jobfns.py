@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from know.jobs import atomic_write_text
+from know.io import atomic_write_text
 
 
 def _count(out: Path):
@@ -90,7 +90,7 @@ def scenario(name: str, tag: str = "") -> dict:
     from know.jobs import Unit
 
     def unit(label, fn, **cfg):
-        return Unit("toy", f"tests.jobfns:{fn}", {**cfg, "tag": tag, "label": label}, code=("tests.jobfns",),
+        return Unit("toy", f"tests.jobfns:{fn}", {**cfg, "tag": tag, "label": label},
                     label=label)
 
     if name == "cancel":  # (a): one unit to scancel while it sleeps, one that finishes

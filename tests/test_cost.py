@@ -8,8 +8,11 @@ import pandas as pd
 import pytest
 
 from tests.conftest import require
-from know import cost
-from know.cost import CostCfg, cost_table, cost_units, data_ratio, overhead_formula
+from know import cost, experiment
+from know.config import CostCfg
+from know.cost import data_ratio, overhead_formula
+from know.experiment import cost_units
+from know.tables import cost_table
 from know.drivers import script_main
 from know.report import read_paper_csv, render_cost
 
@@ -35,7 +38,7 @@ def test_overhead_formula_and_share():
 def test_timing_units_are_keyed_by_hardware(monkeypatch):
     c = CostCfg(models=("debugnet",))
     a = cost_units(c)[0].key
-    monkeypatch.setattr(cost, "hardware_id", lambda device="auto": "cpu: another machine")
+    monkeypatch.setattr(experiment, "hardware_id", lambda device="auto": "cpu: another machine")
     assert cost_units(c)[0].key != a
 
 

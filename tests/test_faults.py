@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from know.jobs import Runner, Unit, atomic_save, atomic_write_text, load_result
+from know.io import atomic_save, atomic_write_text
+from know.jobs import Runner, Unit, load_result
 from tests.conftest import require
 from tests.jobfns import (SLURM_MISSING, Driver, calls, epochs_done, job_record, pid_alive, read_starts, scenario,
                           slurm_up, wait_until)
@@ -166,7 +167,7 @@ def test_unit_that_raises_others_finish_exit_nonzero(tmp_path, executor):
 # ---------------------------------------------------------------- the cache never trusts a damaged entry
 
 def _unit(tmp_path, x=1):
-    return Unit("a", "tests.jobfns:add", {"x": x}, code=("know.jobs",), label="a")
+    return Unit("a", "tests.jobfns:add", {"x": x}, label="a")
 
 
 @pytest.mark.parametrize("damage", ["truncated result", "marker of another result", "no marker",
@@ -216,7 +217,7 @@ def test_second_job_on_a_finished_unit_returns_its_result(tmp_path):
 
 WRITER = """
 import json, sys
-from know.jobs import atomic_write_text
+from know.io import atomic_write_text
 for i in range(10**6):
     atomic_write_text(sys.argv[1], json.dumps({"i": i, "pad": "x" * 4_000_000}))
 """

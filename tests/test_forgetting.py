@@ -8,9 +8,11 @@ import torch.nn.functional as F
 
 import know.forgetting as fg
 from know.errors import UnknownName
-from know.forgetting import CollectCfg, ForgetCfg, collect, forget, forget_stacked, pretrain, pretrain_and_forget
+from know.config import CollectCfg, ForgetCfg
+from know.forgetting import collect, forget, forget_stacked, pretrain, pretrain_and_forget
 from know.config import ConfigError, override
-from know.train import Stack, cpu_state, seed_from
+from know.stack import Stack
+from know.train import cpu_state, seed_from
 from know.trajectory import Trajectory
 
 TINY = ForgetCfg(model="debugnet", dataset="debug", sessions=4, rate=0.5, batch_size=16, lr=1e-2, device="cpu",

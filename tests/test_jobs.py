@@ -5,8 +5,8 @@ from know.jobs import Runner, Unit, UnitsFailed, load_result
 
 
 def chain(x0=1, x1=10):
-    a = Unit("a", "tests.jobfns:add", {"x": x0}, code=("know.jobs",), label="a")
-    b = Unit("b", "tests.jobfns:add", {"x": x1}, deps={"a": a}, code=("know.jobs",), label="b")
+    a = Unit("a", "tests.jobfns:add", {"x": x0}, label="a")
+    b = Unit("b", "tests.jobfns:add", {"x": x1}, deps={"a": a}, label="b")
     return a, b
 
 
@@ -58,33 +58,6 @@ def test_corrupt_result_is_recomputed(tmp_path):
     assert load_result(a.dir(tmp_path)) is None
     assert runner.run([a])[a.key]["value"] == {"total": 1}
     assert len(calls(tmp_path)) == 2
-
-
-def test_code_change_changes_key(tmp_path, monkeypatch):
-    import know.jobs as jobs
-
-    a, _ = chain()
-    before = a.key
-    monkeypatch.setattr(jobs, "code_hash", lambda modules: "different")
-    assert Unit("a", "tests.jobfns:add", {"x": 1}, code=("know.jobs",)).key != before
-
-
-def test_code_hash_covers_c_sources(tmp_path, monkeypatch):
-    """A unit that depends on a folder of C kernels ("know.csrc") or one of them ("know.csrc.k" for k.c) is
-    recomputed when the kernel changes."""
-    import know.jobs as jobs
-
-    kernel = tmp_path / "know" / "csrc" / "k.c"
-    kernel.parent.mkdir(parents=True)
-    kernel.write_text("int f(void) { return 1; }")
-    monkeypatch.setattr(jobs, "ROOT", tmp_path / "know")
-    jobs.code_hash.cache_clear()
-    before = jobs.code_hash(("know.csrc",)), jobs.code_hash(("know.csrc.k",))  # the folder, one file
-    kernel.write_text("int f(void) { return 2; }")
-    jobs.code_hash.cache_clear()
-    after = jobs.code_hash(("know.csrc",)), jobs.code_hash(("know.csrc.k",))
-    assert after[0] != before[0] and after[1] != before[1]
-    jobs.code_hash.cache_clear()
 
 
 def test_git_commit_is_dirty_for_code_not_for_the_runs_own_outputs(tmp_path):

@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from tests.conftest import require
-from know.config import make_config
+from know.profiles import make_config
 from know.drivers import script_main
 from know.experiment import Row, transfer_units
 from know.jobs import _closure
-from know.landscape import (LandscapeCfg, figure_forgetting, figure_landscape, landscape_unit, pca_plane,
-                            plane_state, project, recalibrate_bn)
+from know.config import LandscapeCfg
+from know.experiment import landscape_unit
+from know.landscape import pca_plane, plane_state, project, recalibrate_bn
+from know.tables import figure_forgetting, figure_landscape
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "known_keras"
 

@@ -1,4 +1,4 @@
-"""The lanes backend: hand-written C kernels for K SimpleNets at once (know/lanes.py, know/csrc/lanes.c)."""
+"""The lanes backend: hand-written C kernels for K SimpleNets at once (know/lanes.py, know/kernels/lanes.c)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +7,8 @@ from torch import nn
 from know import lanes
 from know.data import Augment
 from know.models import create_model
-from know.train import Stack
+from know.stack import Stack
+from know.train import ADAM_BETAS, KERAS_ADAM_EPS
 
 
 def _nets(k, in_chans, side, seed=0):
@@ -63,7 +64,7 @@ def _check_against_autograd(k, in_chans, side, batch):
 
 def test_lane_adam_equals_stacked_adam(lib):
     """The fused C Adam over the flat lane storage does what StackedAdam does, member by member."""
-    from know.train import StackedAdam
+    from know.stack import StackedAdam
 
     models = _nets(5, 1, 16)
     x, y = torch.randn(5, 6, 1, 16, 16), torch.randint(0, 7, (5, 6))
@@ -90,11 +91,11 @@ def test_fused_train_step_is_loss_and_grads_then_adam(lib):
     lrs = torch.tensor([1e-4, 1e-3, 2e-3, 4e-3])
     finals = []
     for threads in (1, 2):
-        nets = [lanes.LaneNet(models[0], 4, lib, threads=threads) for _ in range(2)]
+        nets = [lanes.LaneNet(models[0], 4, lib, ADAM_BETAS, KERAS_ADAM_EPS, threads=threads) for _ in range(2)]
         for net in nets:
             for n, p in net.params.items():
                 p.copy_(torch.stack([m.get_parameter(n).detach() for m in models]))
-        fused, separate = (net.adam(lrs) for net in nets)
+        fused, separate = (net.optimizer(lrs) for net in nets)
         for _ in range(3):
             loss = nets[0].train_step(x, y, fused)
             reference, _ = nets[1].loss_and_grads(x, y)
@@ -123,7 +124,7 @@ def test_threads_do_not_change_the_result(lib):
     x, y = torch.randn(4, 30, 1, 16, 16), torch.randint(0, 7, (4, 30))
     results = []
     for threads in (1, 2, 2):
-        net = lanes.LaneNet(models[0], 4, lib, threads=threads)
+        net = lanes.LaneNet(models[0], 4, lib, ADAM_BETAS, KERAS_ADAM_EPS, threads=threads)
         for n, p in net.params.items():
             p.copy_(torch.stack([m.get_parameter(n).detach() for m in models]))
         loss, grads = net.loss_and_grads(x, y)
@@ -139,7 +140,7 @@ def test_other_models_and_large_stacks_are_not_lanes(lib):
     assert Stack(models[0], [m.state_dict() for m in models], x).backend == "wide"  # 17 > 16 lanes
     other = [nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(768, 2))
              for _ in range(2)]
-    assert lanes.LaneNet.build(other[0], 2) is None
+    assert lanes.LaneNet.build(other[0], 2, ADAM_BETAS, KERAS_ADAM_EPS) is None
     with pytest.raises(ValueError, match="lanes backend"):
         Stack(other[0], [m.state_dict() for m in other], x, backend="lanes")
 

@@ -8,7 +8,8 @@ import torch
 from know import metatrain
 from know.errors import KnowError, TrajectoryError, UnknownName
 from know.known import KNOWN
-from know.metatrain import MetaTrainCfg, apply_overrides, meta_train, windows_of
+from know.config import MetaTrainCfg, override, parse_overrides
+from know.metatrain import meta_train, windows_of
 from know.trajectory import Trajectory
 
 SHAPES = {"conv.weight": ((8, 4, 3, 3), "conv"), "fc.weight": ((32, 16), "fc"), "fc.bias": ((64,), "bias"),
@@ -112,18 +113,18 @@ def test_window_ablation_and_short_trajectories(tmp_path):
 
 def test_subsampling_is_seeded(trajs):
     cfg = MetaTrainCfg(max_samples_per_kind=300, kinds=("fc",))
-    a, _ = metatrain.collect(trajs, cfg, metatrain.DEFAULT_ROUTE, cfg.max_samples_per_kind, "train")
-    b, _ = metatrain.collect(trajs, cfg, metatrain.DEFAULT_ROUTE, cfg.max_samples_per_kind, "train")
+    a, _ = metatrain.gather_samples(trajs, cfg, metatrain.DEFAULT_ROUTE, cfg.max_samples_per_kind, "train")
+    b, _ = metatrain.gather_samples(trajs, cfg, metatrain.DEFAULT_ROUTE, cfg.max_samples_per_kind, "train")
     assert 250 <= a["fc"].shape[0] <= 300 and torch.equal(a["fc"], b["fc"])
 
 
 def test_overrides():
-    cfg = apply_overrides(MetaTrainCfg(), ["--epochs=3", "--lr=0.01", "--kinds=conv,fc", "--progress=false"])
+    cfg = override(MetaTrainCfg(), parse_overrides(["--epochs=3", "--lr=0.01", "--kinds=conv,fc", "--progress=false"]))
     assert (cfg.epochs, cfg.lr, cfg.kinds, cfg.progress) == (3, 0.01, ("conv", "fc"), False)
     with pytest.raises(UnknownName, match="--batch_size"):
-        apply_overrides(MetaTrainCfg(), ["--epoch=3"])
+        override(MetaTrainCfg(), parse_overrides(["--epoch=3"]))
     with pytest.raises(KnowError, match="expected int"):
-        apply_overrides(MetaTrainCfg(), ["--epochs=three"])
+        override(MetaTrainCfg(), parse_overrides(["--epochs=three"]))
 
 
 def test_cli(trajs, tmp_path, capsys):

@@ -9,8 +9,9 @@ from torch import nn
 
 from tests.conftest import require
 from know.errors import TrajectoryError, UnknownName
-from know.predict import (PREDICTORS, FastKNOWN, KnownPredictor, create_predictor, load_kernel, main, predict,
-                          register_predictor, route)
+from know.fastknown import FastKNOWN, load_kernel
+from know.predict import PREDICTORS, KnownPredictor, create_predictor, main, predict, register_predictor
+from know.routes import route
 from know.trajectory import Trajectory
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "known_keras"
@@ -65,7 +66,7 @@ def test_fast_known_matches_known(kind, weights_dir):
     v = np.load(weights_dir / "known_vectors.npz")
     x, dx = torch.from_numpy(v["x"]), torch.from_numpy(v["dx"])
     model = load_official(kind)
-    ref = model.forward_reference(x, dx)
+    ref = model(x, dx)
     for backend in backends():
         y = FastKNOWN(model, backend=backend)(x)
         assert (y - ref).abs().max() <= 2e-6, backend

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from know.config import SlurmCfg, make_config
+from know.config import SlurmCfg
+from know.profiles import make_config
 from know.jobs import Runner, Unit, load_result, slurm_parameters
 from tests.conftest import require
 from tests.jobfns import SLURM_MISSING, calls, job_record, slurm_up, wait_until

@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from know.experiment import Row, table_main
+from know.experiment import Row
+from know.tables import table_main
 from tests.conftest import require
 
 REPO = Path(__file__).resolve().parent.parent

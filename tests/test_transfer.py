@@ -8,9 +8,11 @@ import torch
 
 import know.transfer as tr
 from know.errors import KnowError
-from know.forgetting import ForgetCfg, forget, pretrain
+from know.config import ForgetCfg
+from know.forgetting import forget, pretrain
 from know.train import seeded_model
-from know.transfer import TransferCfg, build_transfer_model, cosine_lr, run_transfer
+from know.config import TransferCfg
+from know.transfer import build_transfer_model, cosine_lr, run_transfer
 
 CFG = TransferCfg(dataset="debug", probe_epochs=1, finetune_epochs=0, batch_size=32, max_images=96, device="cpu",
                   augment=False)
@@ -122,7 +124,7 @@ def test_cli_from_trajectory(tmp_path, capsys):
 
 
 def test_damaged_checkpoint_is_ignored_not_trusted(tmp_path):
-    from know.train import read_checkpoint
+    from know.io import read_checkpoint
 
     ckpt = tmp_path / "checkpoint.pt"
     torch.save({"fingerprint": 1, "log": []}, ckpt)

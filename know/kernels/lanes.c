@@ -699,3 +699,7 @@ void train_step(const struct step *s, struct plan *const *plans) {
                   hi - lo, s->lr, s->w1, s->b2, s->w2, s->eps, s->bc1, s->bc2_sqrt);
     }
 }
+
+/* Sizes of the structs know/lanes.py mirrors with ctypes: checked at load time, so a reordered field is caught. */
+long sizeof_plan(void) { return (long)sizeof(struct plan); }
+long sizeof_step(void) { return (long)sizeof(struct step); }
