@@ -17,7 +17,7 @@ test: setup
 	else echo "[test] not root with apt-get: Slurm tests run only if a cluster is up (scripts/slurm-local.sh)"; fi
 	KNOW_WEIGHTS_DIR=$${KNOW_WEIGHTS_DIR:-$(abspath ../shared/reference/known_keras)} \
 	KNOW_WNN_WEIGHTS_DIR=$${KNOW_WNN_WEIGHTS_DIR:-$(abspath ../shared/reference/wnn_keras)} \
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 all: setup
 	bash reproduce/all.sh

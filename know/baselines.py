@@ -6,7 +6,7 @@ window (append the prediction, drop the oldest), exactly like the official KNOWN
 for r = 0.5. Which parameters are predicted at all (the routing and norm policies) is decided by
 :func:`know.predict.predict`, identically for every method.
 
-Definitions follow shared/docs/baselines.md; [paper] = what the cited source defines, [ours] = our adaptation.
+Definitions follow docs/baselines.md; [paper] = what the cited source defines, [ours] = our adaptation.
 Notation: W = (Θ4, Θ3, Θ2, Θ1, Θ0) (window order), Δk = Θ(k-1) − Θk, so Δ1 = Θ0 − Θ1.
 """
 from __future__ import annotations
@@ -111,7 +111,7 @@ LOGFIT_VARIANTS: dict[str, tuple[Callable[[float], list[float]], Callable[[int],
 class LogFit(Predictor):
     """Per-scalar least-squares fit over the window, evaluated one step toward more data.
 
-    [ours] (baselines.md) variant "log": w ≈ a + b·log n with n_k = |D0| r^k; because log n_k is affine in k the
+    [ours] (docs/baselines.md) variant "log": w ≈ a + b·log n with n_k = |D0| r^k; because log n_k is affine in k the
     result is independent of r and |D0|: Θ(-1) = (8Θ0 + 5Θ1 + 2Θ2 − Θ3 − 4Θ4)/10 for S = 5.
     mode "sliding" (default) refits on the slid window at every step (×4 coefficients (1.14, .60, .06, −.48, −.32),
     ×8 (1.512, .63, −.252, −.434, −.456)); mode "fixed" evaluates the first line further out,

@@ -20,7 +20,7 @@ from know.errors import KnowError, UnknownName
 
 @dataclass
 class ForgetCfg:
-    """One forgetting run. Defaults: the paper's main protocol (paper.md §4, official CIFAR-100 script)."""
+    """One forgetting run. Defaults: the paper's main protocol (docs/method.md §4, official CIFAR-100 script)."""
 
     model: str = "resnet18_know"  # §4: ResNet-18 variant (registry name)
     model_kwargs: dict = field(default_factory=dict)  # e.g. {"width": 0.25} for a narrow resnet18_know
@@ -47,7 +47,7 @@ class ForgetCfg:
 
 @dataclass
 class CollectCfg:
-    """A meta-dataset of forgetting trajectories sampled like the official sample script (paper.md §3)."""
+    """A meta-dataset of forgetting trajectories sampled like the official sample script (docs/method.md §3)."""
 
     models: list[str] = field(default_factory=lambda: ["simplenet"])  # §3: the sample's SimpleNet
     datasets: list[str] = field(default_factory=lambda: ["fashion_mnist", "mnist10k", "digits"])  # our choice:
@@ -100,7 +100,7 @@ class MetaTrainCfg:
 
 @dataclass
 class TransferCfg:
-    """The downstream protocol. Defaults: paper.md §4 (CIFAR-100 -> CIFAR-10, official script)."""
+    """The downstream protocol. Defaults: docs/method.md §4 (CIFAR-100 -> CIFAR-10, official script)."""
 
     dataset: str = "cifar10"  # §4: downstream CIFAR-10
     data_root: str | None = None  # None: $KNOW_DATA or ~/.cache/know/data
@@ -154,7 +154,7 @@ class LandscapeCfg:
 @dataclass
 class PredictCfg:
     routing: str = "official"  # official: every conv kernel -> Conv model (paper's script); 3x3: only 3x3 kernels
-    norm: str = "keep"  # keep Θ0's normalisation params and running stats (our choice; see paper.md §4)
+    norm: str = "keep"  # keep Θ0's normalisation params and running stats (our choice; see docs/method.md §4)
     steps: int = 3  # recurrences: x2, x4, x8 for r = 0.5 (paper)
 
 

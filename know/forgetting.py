@@ -1,4 +1,4 @@
-"""Forgetting trajectories (paper.md §1, §4) and the meta-dataset collector (§3).
+"""Forgetting trajectories (docs/method.md §1, §4) and the meta-dataset collector (§3).
 
 `pretrain` trains Θ0 on the full upstream set D0. `forget` fine-tunes it **sequentially** on nested, shrinking
 subsets: Θ0 on D1 -> Θ1, Θ1 on D2 -> Θ2, ... (|Dk| = round(|D0| r^k), prefixes of one seeded permutation), and

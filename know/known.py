@@ -344,7 +344,7 @@ def _build(kind: str, arch: dict, tensors: dict, meta: dict) -> KNOWN:
 # ----------------------------------------------------------------------------------------------------------------
 # WNN (Jang et al., ICML 2023): the same network, meta-trained on ordinary training trajectories
 
-# Pinned to the commit the reference outputs were made from (shared/reference/wnn_keras/gen_info.json); the files
+# Pinned to the commit the reference outputs were made from (docs/known_spec.md §8); the files
 # moved from the root to CNN/ (and copies) after the first upload, so a branch URL could go stale.
 WNN_URL_BASE = "https://raw.githubusercontent.com/jjh6297/WNN/ab0f62cd543d0ff1b1bf1e88ce85fe705d0ed3de/CNN"
 WNN_ENV = "KNOW_WNN_WEIGHTS_DIR"

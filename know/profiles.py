@@ -52,7 +52,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "slurm.gpus_per_node": 0, "slurm.cpus_per_task": 2, "slurm.mem_gb": 8, "slurm.timeout_min": 60,
         "landscape.grid": 15, "landscape.bn_images": 1024,
     },
-    # The paper's settings (paper.md §4): CIFAR-100 -> CIFAR-10, full ResNet-18, r = 0.5, S = 5, 5 trials, 10 + 100.
+    # The paper's settings (docs/method.md §4): CIFAR-100 -> CIFAR-10, full ResNet-18, r = 0.5, S = 5, 5 trials, 10 + 100.
     "paper": {
         "trials": 5,
         "forget.model": "resnet18_know", "forget.model_kwargs": {"width": 1.0},

@@ -11,8 +11,8 @@ official script only predicts layers holding exactly a kernel and a bias, and no
 Normalisation policy
 --------------------
 - ``"keep"`` (default, [ours]): γ/β of BatchNorm/LayerNorm/GroupNorm are Θ0's; the official script left them at
-  their fresh initial values, which looks accidental (paper.md §4).
-- ``"bias"``: γ and β are predicted by the Bias model (baselines: the same rule, baselines.md `extrapolate_norm`).
+  their fresh initial values, which looks accidental (docs/method.md §4).
+- ``"bias"``: γ and β are predicted by the Bias model (baselines: the same rule, docs/baselines.md `extrapolate_norm`).
 All buffers (running statistics, ``num_batches_tracked``) are always Θ0's. Kept tensors are shared views of Θ0
 (clone before editing in place).
 """

@@ -1,4 +1,4 @@
-"""Two-phase transfer learning from upstream weights (paper.md §4, the official CIFAR-100 -> CIFAR-10 script).
+"""Two-phase transfer learning from upstream weights (docs/method.md §4, the official CIFAR-100 -> CIFAR-10 script).
 
 Load the weights into the upstream architecture, replace the head for the downstream classes, then
   phase 1 ("probe", 10 epochs): conv and dense layers frozen, normalisation layers and the new head trainable,

@@ -3,7 +3,7 @@
 WNN is KNOWN's network (`know.known.KNOWN`, weights from `know.known.load_wnn`) meta-trained on ordinary training
 trajectories instead of forgetting ones, and applied to a *normalised* history. Running it on forgetting windows tests
 whether meta-training on forgetting matters. The rule follows `CNN/WNN.py` of jjh6297/WNN as described in
-shared/reference/wnn_keras/README.md; per scalar, w = (w0 … w4) oldest first (w4 = Θ0), in float64 like the
+docs/known_spec.md §11; per scalar, w = (w0 … w4) oldest first (w4 = Θ0), in float64 like the
 official callback's buffer:
 
     s = w0,  L = w − s,  R = (max L − min L) + 1e-8,  xn = (L / (R + 1e-5)) / 2      # xn0 = 0, |xn| ≤ 0.5

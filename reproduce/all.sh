@@ -18,10 +18,8 @@ if [ "${1:-}" = "--from-cache" ]; then
   "$PY" -m know figures
   exec "$PY" reproduce/report.py
 fi
-scripts=$(ls reproduce/table*.py reproduce/figure*.py 2>/dev/null || true)
-[ -n "$scripts" ] || { echo "no reproduce scripts yet"; exit 0; }
-for s in $scripts; do
+for s in reproduce/table*.py reproduce/figure*.py; do
   echo "=== $s $*"
   "$PY" "$s" "$@"
 done
-if [ -f reproduce/report.py ]; then "$PY" reproduce/report.py; fi
+"$PY" reproduce/report.py

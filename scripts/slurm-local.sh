@@ -11,7 +11,7 @@
 # (its own mariadbd on 127.0.0.1:$KNOW_SLURM_DB_PORT, default 3307, so a system MariaDB is left alone) and the
 # controller state (kept across restarts, so job ids keep increasing and never point at an older job).
 # /etc/slurm/slurm.conf and slurmdbd.conf are written only if absent or written by this script (marker line), so a
-# real cluster's configuration is never touched. Recipe and pitfalls: ../shared/docs/slurm.md.
+# real cluster's configuration is never touched. Recipe and pitfalls: docs/slurm.md.
 set -euo pipefail
 
 STATE=${KNOW_SLURM_STATE:-/var/lib/know-slurm}

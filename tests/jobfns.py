@@ -122,18 +122,32 @@ def toy_slurm(timeout_min: int = 5):
 REPO = Path(__file__).resolve().parent.parent
 
 
-def slurm_up() -> bool:
-    """A Slurm cluster answers here (e.g. the one of scripts/slurm-local.sh) and its node can run jobs."""
+_SLURM_DOWN = False
+
+
+def slurm_up(wait_s: float = 90.0) -> bool:
+    """A Slurm cluster answers here (e.g. the one of scripts/slurm-local.sh) and its node can run jobs.
+
+    Waits, with a bounded retry, for a node that is briefly busy finishing a job (`comp`), still starting, or for a
+    slow `sinfo` under load: the cluster counts as down only if no node is usable within `wait_s` seconds."""
     import shutil
     import subprocess
 
-    if not shutil.which("sbatch"):
+    global _SLURM_DOWN
+    if not shutil.which("sbatch") or _SLURM_DOWN:
         return False
-    try:
-        state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return any(s.strip().rstrip("*") in ("idle", "mix", "alloc") for s in state.split())
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            state = ""
+        if any(s.strip().rstrip("*~#") in ("idle", "mix", "alloc", "comp") for s in state.split()):
+            return True
+        if time.time() >= deadline:
+            _SLURM_DOWN = True  # waited once in this process: the next test does not wait again
+            return False
+        time.sleep(2)
 
 
 SLURM_MISSING = "no Slurm cluster here: start one with 'sudo bash scripts/slurm-local.sh start'"

@@ -198,10 +198,8 @@ def test_truncated_trajectory(tmp_path, good_traj):
     untouched(step)
 
 
-def test_truncated_official_h5_weights(tmp_path, good_traj):
-    src = Path(os.environ.get("KNOW_WEIGHTS_DIR", REPO.parent / "shared/reference/known_keras"))
-    if not (src / "KNOWN_Conv.h5").is_file():
-        pytest.skip("official KNOWN weights not here (KNOW_WEIGHTS_DIR)")
+def test_truncated_official_h5_weights(tmp_path, good_traj, known_weights):
+    src = known_weights
     weights = tmp_path / "weights"
     weights.mkdir()
     for f in src.glob("KNOWN_*.h5"):

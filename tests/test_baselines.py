@@ -1,4 +1,4 @@
-"""Baselines against the closed forms of shared/docs/baselines.md (coefficients in the order Θ0, Θ1, ..., Θ4)."""
+"""Baselines against the closed forms of docs/baselines.md (coefficients in the order Θ0, Θ1, ..., Θ4)."""
 import pytest
 import torch
 
@@ -31,7 +31,7 @@ def test_logfit_fixed_and_variants():
     c = coefficients(LogFit(mode="fixed"))
     assert close(c[0], [0.8, 0.5, 0.2, -0.1, -0.4])
     assert close(c[2], [1.2, 0.7, 0.2, -0.3, -0.8])  # mean(W) + 5b
-    # baselines.md rounds (.5367, .4214, .2729, .0635, −.2945) to (.537, .421, .273, .064, −.295)
+    # docs/baselines.md rounds (.5367, .4214, .2729, .0635, −.2945) to (.537, .421, .273, .064, −.295)
     assert close(coefficients(create_predictor("logfit_index"), 1)[0], [0.537, 0.421, 0.273, 0.064, -0.295],
                  atol=1e-3)
     assert close(coefficients(create_predictor("quadfit"), 1)[0], [1.8, 0, -0.8, -0.6, 0.6])

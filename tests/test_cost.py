@@ -1,14 +1,12 @@
 """T-G: the overhead formula, timing units keyed by hardware, and the smoke-profile table_cost run (debug executor)."""
 import json
-import os
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import require
-from know import cost, experiment
+from know import experiment
 from know.config import CostCfg
 from know.cost import data_ratio, overhead_formula
 from know.experiment import cost_units
@@ -16,15 +14,7 @@ from know.tables import cost_table
 from know.drivers import script_main
 from know.report import read_paper_csv, render_cost
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "known_keras"
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def weights_dir(monkeypatch):
-    d = Path(os.environ.get("KNOW_WEIGHTS_DIR", REF))
-    require((d / "KNOWN_Conv.h5").is_file(), f"official KNOWN weights not in {d}")
-    monkeypatch.setenv("KNOW_WEIGHTS_DIR", str(d))
 
 
 def test_overhead_formula_and_share():
@@ -42,7 +32,7 @@ def test_timing_units_are_keyed_by_hardware(monkeypatch):
     assert cost_units(c)[0].key != a
 
 
-def test_table_cost_smoke(tmp_path, capsys):
+def test_table_cost_smoke(tmp_path, capsys, known_weights):
     argv = ["--profile", "smoke", "--executor", "debug", "--results-dir", str(tmp_path / "results"),
             "--cache-dir", str(tmp_path / "cache")]
     assert script_main("table_cost", cost_table, argv=argv) == 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import require
+from tests.conftest import REFERENCE, require
 from know import known
 from know.errors import UnknownName, WeightsError
 from know.fastknown import FastKNOWN
@@ -19,11 +19,9 @@ KINDS = ("conv", "fc", "bias")
 
 @pytest.fixture(scope="module")
 def ref_dir() -> Path:
-    d = os.environ.get("KNOW_WEIGHTS_DIR")
-    require(bool(d), "KNOW_WEIGHTS_DIR is not set (the Makefile points it at ../shared/reference/known_keras)")
-    d = Path(d)
+    d = Path(os.environ.get("KNOW_WEIGHTS_DIR") or REFERENCE / "known_keras")
     files = [known.OFFICIAL_KNOWN[k].filename for k in KINDS] + ["known_vectors.npz", "known_helpers.npz"]
-    require(all((d / f).is_file() for f in files), f"official KNOWN files missing in {d}")
+    require(all((d / f).is_file() for f in files), f"official KNOWN files missing in {d}: set $KNOW_WEIGHTS_DIR")
     return d
 
 

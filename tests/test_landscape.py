@@ -1,13 +1,10 @@
 """Figure 2 and the forgetting curve: PCA plane, BN re-estimation, smoke runs through the debug executor, and
 reuse of Table 1's units."""
-import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import require
 from know.profiles import make_config
 from know.drivers import script_main
 from know.experiment import Row, transfer_units
@@ -17,14 +14,6 @@ from know.experiment import landscape_unit
 from know.landscape import pca_plane, plane_state, project, recalibrate_bn
 from know.tables import figure_forgetting, figure_landscape
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "known_keras"
-
-
-@pytest.fixture(autouse=True)
-def weights_dir(monkeypatch):
-    d = Path(os.environ.get("KNOW_WEIGHTS_DIR", REF))
-    require((d / "KNOWN_Conv.h5").is_file(), f"official KNOWN weights not in {d}")
-    monkeypatch.setenv("KNOW_WEIGHTS_DIR", str(d))
 
 
 def test_pca_plane_of_planar_points():
@@ -63,7 +52,7 @@ def test_landscape_uses_table1_units():
     assert {d.key for d in deps.values()} <= table1 and set(deps) == {"trajectory", "known_official", "taskvector"}
 
 
-def test_figures_smoke(tmp_path, capsys):
+def test_figures_smoke(tmp_path, capsys, known_weights):
     argv = ["--profile", "smoke", "--executor", "debug", "--results-dir", str(tmp_path / "results"),
             "--cache-dir", str(tmp_path / "cache")]
     assert script_main("figure_landscape", figure_landscape, argv=argv) == 0

@@ -1,32 +1,25 @@
 """KNOW prediction: FastKNOWN vs KNOWN, official helper recurrences, routing / norm policies, timm models, CLI."""
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from tests.conftest import require
 from know.errors import TrajectoryError, UnknownName
 from know.fastknown import FastKNOWN, load_kernel
 from know.predict import PREDICTORS, KnownPredictor, create_predictor, main, predict, register_predictor
 from know.routes import route
 from know.trajectory import Trajectory
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "known_keras"
 
 
-@pytest.fixture(autouse=True)
-def weights_dir(monkeypatch):
-    d = Path(os.environ.get("KNOW_WEIGHTS_DIR", REF))
-    require((d / "KNOWN_Conv.h5").is_file(), f"official KNOWN weights not in {d}")
-    monkeypatch.setenv("KNOW_WEIGHTS_DIR", str(d))
-    return d
+@pytest.fixture
+def weights_dir(known_weights):
+    return known_weights
 
 
-@pytest.fixture(scope="module")
-def predictor():
+@pytest.fixture
+def predictor(known_weights):
     return KnownPredictor("official")
 
 

@@ -83,14 +83,10 @@ def test_rerun_on_slurm_skips_finished_units(tmp_path, slurm):
     assert len(calls(tmp_path)) == 1 and load_result(u.dir(tmp_path))["value"] == {"total": 5}
 
 
-def test_table1_smoke_runs_on_slurm(tmp_path, slurm):
+def test_table1_smoke_runs_on_slurm(tmp_path, slurm, known_weights, wnn_weights):
     """reproduce/table1.py --executor slurm end to end on the cluster (one fraction and one trial, to keep the
     test near a minute; the full smoke grid is the same code with more units)."""
-    env = dict(os.environ, KNOW_OFFLINE="1",
-               KNOW_WEIGHTS_DIR=os.environ.get("KNOW_WEIGHTS_DIR", str(REPO.parent / "shared/reference/known_keras")),
-               KNOW_WNN_WEIGHTS_DIR=os.environ.get("KNOW_WNN_WEIGHTS_DIR",
-                                                   str(REPO.parent / "shared/reference/wnn_keras")))
-    require(Path(env["KNOW_WEIGHTS_DIR"], "KNOWN_Conv.h5").is_file(), "official KNOWN weights (KNOW_WEIGHTS_DIR)")
+    env = dict(os.environ, KNOW_OFFLINE="1")  # the weight fixtures exported both weight folders
     results = tmp_path / "results"
     cmd = [sys.executable, "reproduce/table1.py", "--profile", "smoke", "--executor", "slurm", "--results-dir",
            str(results), "--cache-dir", str(tmp_path / "cache"), "--trials", "1", "--fractions=[1.0]"]

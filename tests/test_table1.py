@@ -5,21 +5,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from know.experiment import Row
 from know.tables import table_main
-from tests.conftest import require
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "reproduce"))
-
-
-@pytest.fixture(autouse=True)
-def official_weights(monkeypatch):
-    import os
-
-    require(bool(os.environ.get("KNOW_WEIGHTS_DIR")), "KNOW_WEIGHTS_DIR not set (make test sets it)")
 
 
 def _run(tmp_path, rows, *extra, executor="debug"):
@@ -33,7 +24,7 @@ def _transfer_runs(tmp_path) -> int:
     return len(list((tmp_path / "cache" / "transfer").glob("*/done")))
 
 
-def test_smoke_table1_every_row_debug_executor(tmp_path, capsys):
+def test_smoke_table1_every_row_debug_executor(tmp_path, capsys, known_weights, wnn_weights):
     from table1 import ROWS
 
     df = _run(tmp_path, ROWS)
@@ -64,7 +55,7 @@ def test_rerun_skips_cached_units_and_changed_config_recomputes_only_dependents(
     assert len(list((tmp_path / "cache" / "pretrain").glob("*/done"))) == 2
 
 
-def test_local_executor_processes(tmp_path):
+def test_local_executor_processes(tmp_path, known_weights):
     rows = [Row("naive"), Row("known", known="official", steps=(1, 3))]
     df = _run(tmp_path, rows, "--trials=1", "--fractions=[1.0]", "--parallel=2", executor="local")
     assert sorted(zip(df["method"], df["steps"])) == [("known_official", 1), ("known_official", 3), ("naive", 0)]

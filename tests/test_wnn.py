@@ -1,5 +1,5 @@
 """WNN: weight import against the released Keras files, the application rule against the official helpers and
-callback (shared/reference/wnn_keras, tolerances from its README), and the predictor behind know.predict."""
+callback (the authors' reference outputs beside $KNOW_WNN_WEIGHTS_DIR, tolerances from docs/known_spec.md §13), and the predictor behind know.predict."""
 import os
 import shutil
 import subprocess
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import require
+from tests.conftest import REFERENCE, require
 from know import known, wnn
 from know.errors import KnowError, UnknownName, WeightsError
 from know.known import load_wnn
@@ -32,11 +32,9 @@ POSITIONAL_ROLES = ["branch_x.lift", "branch_dx.lift", "branch_x.compress", "bra
 
 @pytest.fixture(scope="module")
 def ref_dir() -> Path:
-    d = os.environ.get("KNOW_WNN_WEIGHTS_DIR")
-    require(bool(d), "KNOW_WNN_WEIGHTS_DIR is not set (point it at ../shared/reference/wnn_keras)")
-    d = Path(d)
+    d = Path(os.environ.get("KNOW_WNN_WEIGHTS_DIR") or REFERENCE / "wnn_keras")
     files = [known.OFFICIAL_WNN[k].filename for k in KINDS] + ["wnn_vectors.npz", "wnn_apply.npz"]
-    require(all((d / f).is_file() for f in files), f"WNN reference files missing in {d}")
+    require(all((d / f).is_file() for f in files), f"WNN reference files missing in {d}: set $KNOW_WNN_WEIGHTS_DIR")
     return d
 
 

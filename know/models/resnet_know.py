@@ -1,4 +1,4 @@
-"""The paper's ResNet-18 variant (paper.md §4; official Keras `ResNet18()` in 1_CIFAR100_Pretraininng.py).
+"""The paper's ResNet-18 variant (docs/method.md §4; official Keras `ResNet18()` in 1_CIFAR100_Pretraininng.py).
 
 7x7 stride-1 stem ('valid' conv after a zero-pad of 3) + BN + ReLU, then a zero-pad of 1 and no pooling, so stage 1
 runs at 34x34 for 32x32 inputs; 4 stages of 2 basic blocks (64/128/256/512 x width); the first 128-channel block

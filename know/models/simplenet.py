@@ -1,4 +1,4 @@
-"""SimpleNet: the small CNN of the paper's meta-dataset sample (paper.md §3).
+"""SimpleNet: the small CNN of the paper's meta-dataset sample (docs/method.md §3).
 
 conv3x3 8-16-32-32, each followed by ReLU and 2x2 max-pool, then Dense 64 (ReLU) and Dense num_classes.
 'same' padding and ReLU after each conv are our reading of the official sample (not stated in the paper).
