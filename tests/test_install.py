@@ -1,5 +1,6 @@
 """The package as users get it: a non-editable install, and the pure-PyTorch path with the native kernels off."""
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -36,8 +37,11 @@ def test_non_editable_install_runs_the_smoke_table(tmp_path, known_weights, wnn_
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next(venv.glob("lib/python*/site-packages"))
     (site / "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    src = tmp_path / "src"  # a copy: setuptools builds in the source tree (build/), which must stay clean
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "results", "figures", "build",
+                                                             "__pycache__", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-                    "--no-deps", "--no-build-isolation", str(REPO)], check=True, capture_output=True, text=True,
+                    "--no-deps", "--no-build-isolation", str(src)], check=True, capture_output=True, text=True,
                    env=dict(os.environ, PIP_NO_INDEX="1"))
     assert (site / "know" / "kernels" / "lanes.c").is_file()
     script = tmp_path / "smoke.py"
