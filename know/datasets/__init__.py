@@ -1,6 +1,92 @@
 """Raw dataset loaders: files on disk (or registry packages) -> records of uint8 images and targets.
 
 `records` defines what every loader returns (`Labeled`, `Segmented`, `Captioned`); `know.data` turns those into the
-training convention (device tensors, normalisation, sizes). Loaders never download in tests; each one's error
-names what to download and where to put it.
+training convention (device tensors, normalisation, sizes). `DATASETS` is the one registry of names:
+- `small`: the real data that ships offline (Fashion-MNIST, MNIST-10k, MNIST-5k, sklearn digits) and `debug`;
+- `paper`: the paper profile's datasets in their publishers' layouts (CIFAR, ImageNet, TinyImageNet, Stanford Cars,
+  CUB-200, Flowers-102, PACS, VOC, Cityscapes, Flickr8K); CIFAR downloads through torchvision when online;
+- `analogs`: the cpu profile's offline analogs built from the small sets (styles, two-digit MNIST, canvases).
+Loaders never download in tests; each one's error names what to download and where to put it (docs/datasets.md).
 """
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from know.datasets import paper, small
+from know.datasets.records import Captioned, Labeled, Segmented
+from know.errors import DatasetMissing, UnknownName
+
+Record = Labeled | Segmented | Captioned
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered dataset: `load(root, split)`, its split names, and the split tables report on (for sets whose
+    labelled evaluation split is called val, e.g. ImageNet or Cityscapes)."""
+
+    load: Callable[[Path, str], Record]
+    splits: tuple[str, ...] = ("train", "test")
+    test_split: str = "test"
+
+
+def download_allowed() -> bool:
+    """CIFAR may download through torchvision unless $KNOW_OFFLINE=1."""
+    return os.environ.get("KNOW_OFFLINE", "0") != "1"
+
+
+def _cifar(name: str, cls_name: str) -> Callable[[Path, str], Labeled]:
+    """paper.load_<name>, downloading through torchvision first when the files are missing and that is allowed."""
+    def load(root: Path, split: str) -> Labeled:
+        loader = paper.PAPER_DATASETS[name]
+        try:
+            return loader(root, split)
+        except DatasetMissing:
+            if not download_allowed():
+                raise
+            import torchvision.datasets as tvd
+
+            socket.setdefaulttimeout(15)
+            try:
+                getattr(tvd, cls_name)(str(root), train=split == "train", download=True)
+            except Exception:  # offline, or a partial download: the loader's own message says what to fetch
+                pass
+            return loader(root, split)
+    return load
+
+
+DATASETS: dict[str, Entry] = {
+    "cifar10": Entry(_cifar("cifar10", "CIFAR10")),
+    "cifar100": Entry(_cifar("cifar100", "CIFAR100")),
+    "fashion_mnist": Entry(small.load_fashion_mnist),
+    "mnist10k": Entry(small.load_mnist10k),
+    "mnist5k": Entry(small.load_mnist5k),
+    "digits": Entry(small.load_digits),
+    "debug": Entry(small.load_debug),
+    "imagenet": Entry(paper.load_imagenet, ("train", "val"), "val"),
+    "tinyimagenet": Entry(paper.load_tinyimagenet, ("train", "val"), "val"),
+    "stanford_cars": Entry(paper.load_stanford_cars),
+    "cub200": Entry(paper.load_cub200),
+    "flowers102": Entry(paper.load_flowers102, ("train", "val", "test")),
+    "pacs": Entry(paper.load_pacs, ("all",), "all"),
+    "voc": Entry(paper.load_voc, ("train", "val", "trainval"), "val"),
+    "cityscapes": Entry(paper.load_cityscapes, ("train", "val"), "val"),
+    "flickr8k": Entry(paper.load_flickr8k, ("all", "train", "dev", "test"), "all"),
+}
+
+
+def entry(name: str) -> Entry:
+    if name not in DATASETS:
+        raise UnknownName(f"unknown dataset '{name}'; known: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def load(name: str, root: Path, split: str) -> Record:
+    """The raw record of `split` of dataset `name` under `root`."""
+    e = entry(name)
+    if split not in e.splits:
+        raise ValueError(f"dataset {name} has splits {', '.join(e.splits)}, not '{split}'")
+    return e.load(Path(root), split)
