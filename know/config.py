@@ -100,19 +100,34 @@ class MetaTrainCfg:
 
 @dataclass
 class TransferCfg:
-    """The downstream protocol. Defaults: docs/method.md §4 (CIFAR-100 -> CIFAR-10, official script)."""
+    """The downstream protocol. Defaults: docs/method.md §4 (CIFAR-100 -> CIFAR-10, official script): a probe
+    phase (only normalisation layers and the new head train) then a fine-tune phase (everything trains).
 
+    `task` picks the kind of downstream problem (`know.tasks.TASKS`): classification, domain_generalization,
+    segmentation or captioning; `options` holds the task's own settings (checked by its options dataclass)."""
+
+    task: str = "classification"  # know.tasks.TASKS
     dataset: str = "cifar10"  # §4: downstream CIFAR-10
     data_root: str | None = None  # None: $KNOW_DATA or ~/.cache/know/data
     probe_epochs: int = 10  # §4 phase 1
     probe_lr: float = 1e-3  # §4 phase 1: Adam 1e-3
     finetune_epochs: int = 100  # §4 phase 2 (E in the cosine)
     finetune_lr: float = 4e-4  # §4 phase 2: peak of lr(e) = 0.5 * 4e-4 * (1 + cos(pi e / E))
+    schedule: str = "cosine"  # §4: cosine over the fine-tune phase; "warmup_flat_cosine": warm-up, flat, cosine
+    warmup_epochs: int = 0  # warmup_flat_cosine: linear warm-up to finetune_lr ...
+    flat_epochs: int = 0  # ... then flat ...
+    min_lr: float = 0.0  # ... then cosine down to min_lr
     batch_size: int = 128  # §4, both phases
-    optimizer: str = "adam"  # §4
+    optimizer: str = "adam"  # §4 (sgd: momentum 0.9)
+    weight_decay: float = 0.0  # §4: none
     augment: bool = True  # §4: the same augmentation as upstream
-    max_images: int | None = None  # our choice: cap on downstream train images (first n of a seeded permutation)
+    max_images: int | None = None  # our choice: downstream train images (a fixed seeded subset; None: all)
+    val_images: int = 0  # our choice: images carved from the train split for validation (fixed; 0: none)
+    select: str = "last"  # the epoch a table reports: "last", or "best_val" (best validation metric)
     eval_images: int | None = None  # our choice: test images per epoch (None: the whole test split)
+    target_domain: str | None = None  # domain_generalization: the held-out domain (tested on, never trained on)
+    options: dict = field(default_factory=dict)  # the task's own settings (see its options dataclass)
+    limit_steps: int | None = None  # rehearsal only: optimizer steps per phase and batches per evaluation
     device: str = "auto"
     eval_batch_size: int = 1024  # speed only
 

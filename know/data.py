@@ -31,19 +31,13 @@ import torch.nn.functional as F
 
 from know import datasets, kernels
 from know.datasets.records import Captioned, Labeled, Segmented
+from know.datasets.root import data_root  # noqa: F401  (re-exported: know.data.data_root)
 from know.errors import DatasetMissing, UnknownName
 from know.io import atomic_write
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # timm's IMAGENET_DEFAULT_MEAN / STD
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMS = ("pixel_mean", "imagenet")
-
-
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """Where datasets live: `root` if given, else $KNOW_DATA, else ~/.cache/know/data."""
-    if root is not None:
-        return Path(root).expanduser()
-    return Path(os.environ.get("KNOW_DATA", "~/.cache/know/data")).expanduser()
 
 
 @dataclass

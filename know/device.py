@@ -1,6 +1,8 @@
 """Devices: where a run computes, and the memory layouts that are faster there (speed only, same results)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -18,3 +20,11 @@ def fast_layout(model: nn.Module) -> nn.Module:
     if next(model.parameters()).device.type == "cpu":
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when `enabled` (the field's standard mixed precision: no loss scaling needed); a no-op
+    elsewhere, so CPU runs are exact fp32."""
+    if enabled and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -42,7 +42,8 @@ UNKNOWN = [
     ("downstream recipes outside ResNet-18", "not reproduced (T-B .. T-E)"),
     ("the PVTv2 variant and resolution", "pvt_v2_b2 at 32x32 in T-G (`cost.img_size`)"),
     ("BN/LN handling in prediction", "Θ0's normalisation parameters and statistics are kept (`predict.norm=keep`)"),
-    ("best vs last epoch downstream", "last epoch (`final_acc`); the best is in the CSVs as `best_acc`"),
+    ("best vs last epoch downstream", "the last epoch (`transfer.select=last`; the CSV column `score`), or the "
+     "epoch with the best validation metric where a protocol selects (`best_val`: T-C, DomainBed)"),
     ("hardware and timing method of T-G; whether 3.01 s is one recurrence or three", "both reported, on the "
      "hardware named in the table"),
     ("figure 2's plane, grid and BN statistics", "PCA of all drawn points, lattice from the profile, BN re-estimated "

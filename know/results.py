@@ -48,7 +48,7 @@ def read_results(csv_path: Path) -> tuple[pd.DataFrame, dict]:
     return pd.read_csv(csv_path), meta
 
 
-def summarize(df: pd.DataFrame, value: str = "final_acc") -> pd.DataFrame:
+def summarize(df: pd.DataFrame, value: str = "score") -> pd.DataFrame:
     """Mean, std (ddof=1) and count of `value` (in %) per (method, steps, fraction), in row order of appearance."""
     order = list(dict.fromkeys(zip(df["method"], df["steps"])))
     g = df.groupby(["method", "steps", "fraction"], sort=False)[value]

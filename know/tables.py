@@ -37,7 +37,9 @@ def run_table(name: str, rows: list[Row], cfg: ExperimentCfg, runner: Runner, re
     records = []
     for ident, unit in grid:
         r = results[unit.key]
-        records.append({**ident, "final_acc": r["value"]["final_acc"], "best_acc": r["value"]["best_acc"],
+        v = r["value"]
+        records.append({**ident, "metric": v["metric"], "score": v["selected"][v["metric"]],
+                        "final": v["final"][v["metric"]], "selected_epoch": v["selected_epoch"],
                         "unit_wall_s": r.get("wall_s"), "profile": cfg.profile, "commit": commit})
     csv = Path(results_dir) / f"{name}_{cfg.profile}.csv"
     write_results(records, csv, provenance(name, cfg, runner, t0, seeds=sorted({r["seed"] for r in records}),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from know.data import Augment, ImageSet, batches
+from know.device import autocast
 from know.errors import UnknownName
 from know.models import create_model
 
@@ -56,22 +57,23 @@ def contiguous_cpu(t: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- optimizers
-def _adam(params, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS, eps=KERAS_ADAM_EPS)
+def _adam(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, betas=ADAM_BETAS, eps=KERAS_ADAM_EPS, weight_decay=weight_decay)
 
 
-def _sgd(params, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=lr, momentum=0.9)  # our choice of momentum; the paper uses Adam throughout
+def _sgd(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)  # momentum: the PVTv2 recipe
 
 
 OPTIMIZERS = {"adam": _adam, "sgd": _sgd}
 
 
-def make_optimizer(name: str, params: Iterable, lr: float) -> torch.optim.Optimizer:
-    """Optimizer by name ('adam' = Keras-default Adam, the paper's; 'sgd' = SGD with momentum 0.9)."""
+def make_optimizer(name: str, params: Iterable, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Optimizer by name ('adam' = Keras-default Adam, the paper's; 'sgd' = SGD with momentum 0.9); weight decay as
+    an L2 term (both Keras' and torch's meaning for these two)."""
     if name not in OPTIMIZERS:
         raise UnknownName(f"unknown optimizer '{name}'; known: {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](params, lr)
+    return OPTIMIZERS[name](params, lr, weight_decay)
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -86,38 +88,56 @@ def progress(total: int, desc: str | None):
 
 
 def train_epoch(model: nn.Module, data: ImageSet, idx: Tensor, opt: torch.optim.Optimizer, batch_size: int,
-                gen: torch.Generator, augment: Augment | None = None, desc: str | None = None) -> float:
+                gen: torch.Generator, augment: Augment | None = None, desc: str | None = None,
+                loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy, max_steps: int | None = None,
+                amp: bool = False) -> float:
     """One epoch over `data[idx]` (shuffled by `gen`, last partial batch kept, like Keras `fit`); mean train loss.
 
     `gen` draws the batch order first, then each batch's augmentation, in that order: `train_epoch_stacked`
-    reproduces exactly this sequence per member.
+    reproduces exactly this sequence per member. `loss_fn(outputs, targets)`: cross-entropy by default (masks with
+    255 = ignore go through `know.tasks.segmentation`'s). `max_steps` stops the epoch early (rehearsals). `amp`:
+    bf16 autocast on CUDA (`know.device.autocast`; no effect on a CPU).
     """
     model.train()
-    idx = idx.to(data.y.device)
-    total = torch.zeros((), device=data.y.device)
-    with progress(-(-len(idx) // batch_size), desc) as bar:
-        for b in batches(len(idx), batch_size, gen, device=data.y.device):
-            sel = idx[b]
-            x = augment(data.x[sel], gen) if augment is not None else data.x[sel]
-            loss = F.cross_entropy(model(x), data.y[sel])
+    dev = data.x.device
+    idx = idx.to(dev)
+    total, seen = torch.zeros((), device=dev), 0
+    steps = -(-len(idx) // batch_size) if max_steps is None else min(max_steps, -(-len(idx) // batch_size))
+    with progress(steps, desc) as bar:
+        for step, b in enumerate(batches(len(idx), batch_size, gen, device=dev)):
+            if step == steps:
+                break
+            x, y = data.take(idx[b])
+            if augment is not None:
+                x = augment(x, gen)
+            with autocast(dev, amp):
+                loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.detach() * len(sel)  # summed on the device: no sync per step
+            total += loss.detach().float() * len(b)  # summed on the device: no sync per step
+            seen += len(b)
             bar.update()
-    return float(total) / len(idx)
+    return float(total) / max(1, seen)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 1024) -> float:
-    """Top-1 accuracy in [0, 1] in eval mode; restores the model's previous mode."""
+def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 1024, max_batches: int | None = None,
+             amp: bool = False) -> float:
+    """Top-1 accuracy in [0, 1] in eval mode (over the first `max_batches` batches when set); restores the model's
+    previous mode."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), device=data.y.device, dtype=torch.long)
-    for start in range(0, len(data), batch_size):
-        correct += (model(data.x[start:start + batch_size]).argmax(1) == data.y[start:start + batch_size]).sum()
+    correct, seen = torch.zeros((), device=data.x.device, dtype=torch.long), 0
+    for i, start in enumerate(range(0, len(data), batch_size)):
+        if max_batches is not None and i == max_batches:
+            break
+        x, y = data.take(slice(start, start + batch_size))
+        with autocast(x.device, amp):
+            correct += (model(x).argmax(1) == y).sum()
+        seen += len(y)
     model.train(was_training)
-    return float(correct) / max(1, len(data))
+    return float(correct) / max(1, seen)
 
 
 def weight_distance(a: dict[str, Tensor], b: dict[str, Tensor], names: Iterable[str]) -> float:

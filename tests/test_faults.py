@@ -271,8 +271,8 @@ def test_results_and_metrics_are_written_atomically(tmp_path):
     from know.metatrain import _write_csv
     from know.results import write_results
 
-    csv = write_results([{"method": "naive", "final_acc": 0.5}], tmp_path / "t.csv", {"profile": "x"})
-    assert csv.read_text().startswith("method,final_acc") and (tmp_path / "t.meta.json").is_file()
+    csv = write_results([{"method": "naive", "score": 0.5}], tmp_path / "t.csv", {"profile": "x"})
+    assert csv.read_text().startswith("method,score") and (tmp_path / "t.meta.json").is_file()
     metrics = tmp_path / "metrics.csv"
     _write_csv(metrics, [{"epoch": 0, "kind": "conv"}, {"epoch": 1, "kind": "conv"}])
     _write_csv(metrics, [{"epoch": 2, "kind": "conv"}])

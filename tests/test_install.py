@@ -63,7 +63,7 @@ def test_smoke_table1_with_native_kernels_off(tmp_path, known_weights, wnn_weigh
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     df = pd.read_csv(tmp_path / "results" / "table1_smoke.csv")
-    assert {"naive", "known_official", "known_ours", "wnn"} <= set(df["method"]) and df["final_acc"].notna().all()
+    assert {"naive", "known_official", "known_ours", "wnn"} <= set(df["method"]) and df["score"].notna().all()
     assert not (tmp_path / "xdg" / "know" / "kernels").exists()
 
 

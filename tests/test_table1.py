@@ -33,7 +33,7 @@ def test_smoke_table1_every_row_debug_executor(tmp_path, capsys, known_weights, 
     expected = {(r.name, s) for r in ROWS for s in r.step_list()}
     assert set(zip(df["method"], df["steps"])) == expected
     assert len(df) == len(expected) * 2 * 2  # 2 fractions x 2 trials at the smoke profile
-    assert df["final_acc"].between(0, 1).all() and (df["profile"] == "smoke").all()
+    assert df["score"].between(0, 1).all() and (df["profile"] == "smoke").all()
     meta = json.loads((tmp_path / "results" / "table1_smoke.meta.json").read_text())
     assert meta["profile"] == "smoke" and meta["commit"] and meta["seeds"] and meta["wall_s"] > 0
     assert (tmp_path / "figures" / "table1_smoke.png").stat().st_size > 10_000

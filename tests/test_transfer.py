@@ -1,4 +1,4 @@
-"""Two-phase transfer: what each phase trains, the cosine schedule, results, resuming (CPU seconds, debug data)."""
+"""Transfer: what each phase trains, the schedules, results and selection, splits, resuming (CPU seconds)."""
 import json
 import math
 from dataclasses import replace
@@ -6,13 +6,15 @@ from dataclasses import replace
 import pytest
 import torch
 
+import know.tasks.classification as cls
 import know.transfer as tr
+from know.config import ForgetCfg, TransferCfg
 from know.errors import KnowError
-from know.config import ForgetCfg
 from know.forgetting import forget, pretrain
+from know.tasks.base import cosine, finetune_lr
+from know.tasks.classification import build_transfer_model
 from know.train import seeded_model
-from know.config import TransferCfg
-from know.transfer import build_transfer_model, cosine_lr, run_transfer
+from know.transfer import run_transfer
 
 CFG = TransferCfg(dataset="debug", probe_epochs=1, finetune_epochs=0, batch_size=32, max_images=96, device="cpu",
                   augment=False)
@@ -52,10 +54,22 @@ def test_finetune_trains_everything(tmp_path):
 
 
 def test_cosine_schedule_values():
-    assert cosine_lr(0, 100, 4e-4) == pytest.approx(4e-4)
-    assert cosine_lr(50, 100, 4e-4) == pytest.approx(2e-4)
-    assert cosine_lr(99, 100, 4e-4) == pytest.approx(0.5 * 4e-4 * (1 + math.cos(math.pi * 0.99)))
-    assert cosine_lr(100, 100, 4e-4) == pytest.approx(0.0, abs=1e-12)
+    assert cosine(0, 100, 4e-4) == pytest.approx(4e-4)
+    assert cosine(50, 100, 4e-4) == pytest.approx(2e-4)
+    assert cosine(99, 100, 4e-4) == pytest.approx(0.5 * 4e-4 * (1 + math.cos(math.pi * 0.99)))
+    assert cosine(100, 100, 4e-4) == pytest.approx(0.0, abs=1e-12)
+    assert cosine(100, 100, 4e-4, 1e-4) == pytest.approx(1e-4)
+
+
+def test_warmup_flat_cosine_is_the_pvtv2_recipe():
+    """5 warm-up epochs to 2.5e-3, 20 flat, 20 cosine down to 1e-4 (the authors' PVTv2 code)."""
+    lr = finetune_lr(TransferCfg(schedule="warmup_flat_cosine", finetune_epochs=45, warmup_epochs=5, flat_epochs=20,
+                                 finetune_lr=2.5e-3, min_lr=1e-4))
+    assert [lr(e) for e in range(5)] == pytest.approx([5e-4, 1e-3, 1.5e-3, 2e-3, 2.5e-3])
+    assert lr(5) == lr(24) == 2.5e-3 and lr(25) == pytest.approx(2.5e-3)
+    assert lr(44) == pytest.approx(1e-4 + 0.5 * 2.4e-3 * (1 + math.cos(math.pi * 19 / 20)))
+    with pytest.raises(KnowError, match="schedule=linear"):
+        finetune_lr(TransferCfg(schedule="linear"))
 
 
 def test_log_schedule_and_best_final(tmp_path):
@@ -63,11 +77,9 @@ def test_log_schedule_and_best_final(tmp_path):
     res = run_transfer(cfg, _upstream("debugnet"), "debugnet", seed=3, progress=False)
     assert [(r["phase"], r["epoch"]) for r in res.log] == [("probe", 0), ("probe", 1)] + [
         ("finetune", e) for e in range(4)]
-    assert [r["lr"] for r in res.log] == pytest.approx([1e-3, 1e-3] + [cosine_lr(e, 4, 4e-4) for e in range(4)])
+    assert [r["lr"] for r in res.log] == pytest.approx([1e-3, 1e-3] + [cosine(e, 4, 4e-4) for e in range(4)])
     accs = [r["test_acc"] for r in res.log]
-    assert res.final_acc == accs[-1] and res.best_acc == max(accs)
-    best = res.log[accs.index(max(accs))]
-    assert res.best_epoch == {"phase": best["phase"], "epoch": best["epoch"]}
+    assert res.final_acc == accs[-1] and res.selected == res.final and res.selected_epoch == 5  # select="last"
     assert all(set(r) == {"phase", "epoch", "lr", "train_loss", "test_acc"} for r in res.log)
     assert res.to_dict()["config"]["dataset"] == "debug" and res.wall_time_s > 0
 
@@ -80,14 +92,14 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     cfg = replace(CFG, probe_epochs=2, finetune_epochs=2, augment=True)
     state = _upstream("debugnet")
     reference = run_transfer(cfg, state, "debugnet", seed=1, progress=False)
-    real, calls = tr.train_epoch, {"n": 0}
+    real, calls = cls.train_epoch, {"n": 0}
 
     def flaky(*args, **kwargs):
         if calls["n"] == 3:  # two probe epochs and the first fine-tune epoch are done
             raise Interrupt
         calls["n"] += 1
         return real(*args, **kwargs)
-    monkeypatch.setattr(tr, "train_epoch", flaky)
+    monkeypatch.setattr(cls, "train_epoch", flaky)
     ckpt = tmp_path / "run.pt"
     with pytest.raises(Interrupt):
         run_transfer(cfg, state, "debugnet", seed=1, ckpt_path=ckpt, progress=False)
@@ -103,7 +115,7 @@ def test_input_shape_follows_upstream_model():
     state = _upstream("simplenet", in_chans=3)  # a 3-channel upstream model, gray downstream data
     res = run_transfer(CFG, state, "simplenet", seed=0, progress=False)
     assert 0 <= res.final_acc <= 1
-    assert tr.upstream_shape(state, {}) == (3, 32) and tr.infer_num_classes("simplenet", {}, state) == 4
+    assert cls.upstream_spec(state, {}) == (3, 32, "pixel_mean") and cls.infer_num_classes("simplenet", {}, state) == 4
 
 
 def test_wrong_architecture_is_a_clear_error():
@@ -121,6 +133,26 @@ def test_cli_from_trajectory(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert len(res["log"]) == 2 and res["upstream_model"] == "debugnet"
     assert "final acc" in capsys.readouterr().out
+
+
+def test_validation_is_carved_from_train_fixed_across_trials_and_selects(tmp_path):
+    """val_images come from the train split (never the test split), the same for every trial; best_val reports
+    the test metric of the epoch with the best validation metric."""
+    cfg = replace(CFG, probe_epochs=1, finetune_epochs=3, val_images=40, max_images=64, select="best_val")
+    tasks = [cls.Classification(cfg, seed) for seed in (0, 1)]
+    up = tr.upstream_info(_upstream("debugnet"), "debugnet", {})
+    (tr0, va0, te0), (tr1, va1, te1) = (t.load(up) for t in tasks)
+    assert len(tr0) == 64 and len(va0) == 40 and torch.equal(va0.x, va1.x) and torch.equal(tr0.x, tr1.x)
+    full = cls.get_dataset("debug", "train", channels=1, size=32)
+    rows = {tuple(r.flatten().tolist()) for r in full.x}
+    assert all(tuple(r.flatten().tolist()) in rows for r in va0.x)  # from the train split
+    res = run_transfer(cfg, _upstream("debugnet"), "debugnet", seed=0, progress=False)
+    vals = [r["val_acc"] for r in res.log]
+    assert res.selected_epoch == vals.index(max(vals)) and res.selected["acc"] == res.log[res.selected_epoch]["test_acc"]
+    with pytest.raises(KnowError, match="needs a validation split"):
+        run_transfer(replace(cfg, val_images=0), _upstream("debugnet"), "debugnet", progress=False)
+    with pytest.raises(KnowError, match="leaves no training images"):
+        run_transfer(replace(cfg, val_images=10_000), _upstream("debugnet"), "debugnet", progress=False)
 
 
 def test_damaged_checkpoint_is_ignored_not_trusted(tmp_path):

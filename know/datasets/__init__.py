@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from know.datasets import paper, small
+from know.datasets import analogs, paper, small
 from know.datasets.records import Captioned, Labeled, Segmented
 from know.errors import DatasetMissing, UnknownName
 
@@ -75,6 +75,14 @@ DATASETS: dict[str, Entry] = {
     "voc": Entry(paper.load_voc, ("train", "val", "trainval"), "val"),
     "cityscapes": Entry(paper.load_cityscapes, ("train", "val"), "val"),
     "flickr8k": Entry(paper.load_flickr8k, ("all", "train", "dev", "test"), "all"),
+    # the cpu profile's offline analogs (analogs.py)
+    "styles": Entry(lambda root, split: analogs.styles_distinct(split, root=root), ("all",), "all"),
+    "two_digit_mnist": Entry(lambda root, split: analogs.two_digit_mnist(split, root=root)),
+    "canvas_source": Entry(lambda root, split: analogs.segmentation_canvases("source", split, root=root),
+                           ("train", "val", "test")),
+    "canvas_target": Entry(lambda root, split: analogs.segmentation_canvases("target", split, root=root),
+                           ("train", "val", "test")),
+    "caption_canvases": Entry(lambda root, split: analogs.caption_canvases(split, root=root), ("train", "val", "test")),
 }
 
 
