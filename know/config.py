@@ -22,12 +22,15 @@ from know.errors import KnowError, UnknownName
 class ForgetCfg:
     """One forgetting run. Defaults: the paper's main protocol (docs/method.md §4, official CIFAR-100 script)."""
 
+    task: str = "classification"  # the upstream objective (know.tasks.OBJECTIVES): classification, segmentation
     model: str = "resnet18_know"  # §4: ResNet-18 variant (registry name)
     model_kwargs: dict = field(default_factory=dict)  # e.g. {"width": 0.25} for a narrow resnet18_know
+    init: str = "random"  # Θ's start: "random" (seeded), "timm" (timm's pretrained weights) or a state_dict file
     dataset: str = "cifar100"  # §4: upstream CIFAR-100
     data_root: str | None = None  # None: $KNOW_DATA or ~/.cache/know/data
     channels: int | None = None  # None: the dataset's own channel count
     size: int = 32  # input side length in pixels (§4: 32x32)
+    norm: str = "pixel_mean"  # §4: per-pixel mean subtraction; "imagenet" for timm's pretrained weights
     data_fraction: float = 1.0  # share of the train split forming D0 (the T-A columns 100/50/25 %)
     max_images: int | None = None  # our choice: optional cap on |D0| for small profiles (None: no cap)
     rate: float = 0.5  # §1/§4: |Dk| = r^k |D0|
@@ -42,6 +45,8 @@ class ForgetCfg:
     seed: int = 0
     device: str = "auto"  # auto: cuda when available
     eval_images: int | None = None  # our choice: test images per accuracy check (None: the whole test split)
+    limit_steps: int | None = None  # rehearsal only: optimizer steps per session and batches per evaluation
+    amp: bool = True  # bf16 autocast on CUDA (no effect on a CPU)
     eval_batch_size: int = 1024  # speed only
 
 
@@ -74,6 +79,7 @@ class CollectCfg:
     channels: int | None = None
     size: int = 32
     stacked: bool = True  # False: one trial at a time (the benchmark's baseline)
+    limit_steps: int | None = None  # rehearsal only: optimizer steps per session
     backend: str = "auto"  # stacked training: auto | lanes (C kernels) | wide (grouped convs) | vmap, see train.Stack
 
 
@@ -113,7 +119,7 @@ class TransferCfg:
     probe_lr: float = 1e-3  # §4 phase 1: Adam 1e-3
     finetune_epochs: int = 100  # §4 phase 2 (E in the cosine)
     finetune_lr: float = 4e-4  # §4 phase 2: peak of lr(e) = 0.5 * 4e-4 * (1 + cos(pi e / E))
-    schedule: str = "cosine"  # §4: cosine over the fine-tune phase; "warmup_flat_cosine": warm-up, flat, cosine
+    schedule: str = "cosine"  # §4: cosine over the fine-tune phase; or warmup_flat_cosine, warmup_constant
     warmup_epochs: int = 0  # warmup_flat_cosine: linear warm-up to finetune_lr ...
     flat_epochs: int = 0  # ... then flat ...
     min_lr: float = 0.0  # ... then cosine down to min_lr
@@ -127,7 +133,9 @@ class TransferCfg:
     eval_images: int | None = None  # our choice: test images per epoch (None: the whole test split)
     target_domain: str | None = None  # domain_generalization: the held-out domain (tested on, never trained on)
     options: dict = field(default_factory=dict)  # the task's own settings (see its options dataclass)
+    early_stop: int = 0  # stop a phase after this many epochs without a better validation metric (0: never)
     limit_steps: int | None = None  # rehearsal only: optimizer steps per phase and batches per evaluation
+    amp: bool = True  # bf16 autocast on CUDA (no effect on a CPU)
     device: str = "auto"
     eval_batch_size: int = 1024  # speed only
 

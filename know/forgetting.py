@@ -10,8 +10,11 @@ Adam's moments, recompiling would reset them; the official scripts are not in ou
 augmentation of session k, epoch e come from a generator seeded by (seed, k, e), so a resumed run equals an
 uninterrupted one; Adam uses Keras' epsilon 1e-7.
 
-Per-session lists in the trajectory meta (`session_sizes`, `test_acc`, `dist_to_theta0`, `train_loss`) are indexed
-by k (Θ0 first), unlike the parameter stacks, which are oldest first.
+Per-session lists in the trajectory meta (`session_sizes`, `test_metric`, `dist_to_theta0`, `train_loss`) are indexed
+by k (Θ0 first), unlike the parameter stacks, which are oldest first; `metric` names what `test_metric` measures
+(the upstream objective's: accuracy for classification, mIoU for segmentation, see `know.tasks.OBJECTIVES`).
+Θ0 starts from `init`: seeded random weights, timm's pretrained ones, or a state_dict file; `pretrain_epochs=0` makes
+that start Θ0 itself (the paper's ImageNet trajectories begin at pretrained weights).
 
 The collector (`collect`, `collect_group`, `collect_one`, `know collect`) samples trials like the official sample
 (rate ~ U(0.3, 0.9), lr ~ U(1e-5, 4e-3), batch ~ int(U(32, |D0| r^(S-1))), 7 sessions of one epoch, Adam) over
@@ -40,12 +43,14 @@ import torch
 from torch import Tensor, nn
 
 from know.config import CollectCfg, ForgetCfg, override, parse_overrides
-from know.data import Augment, ImageSet, get_dataset, nested_subsets
+from know import datasets
+from know.data import Augment, ImageSet, get_dataset, nested_subsets, train_split
 from know.device import fast_layout, resolve_device
 from know.errors import KnowError
 from know.io import atomic_save, read_checkpoint, require_writable
 from know.stack import Stack, evaluate_stacked, stackable, train_epoch_stacked
-from know.train import (cpu_state, evaluate, generator, make_optimizer, seed_from, seeded_model, train_epoch,
+from know.tasks import objective
+from know.train import (cpu_state, generator, make_optimizer, seed_from, seeded_model, train_epoch,
                         weight_distance)
 from know.trajectory import Trajectory
 
@@ -59,8 +64,9 @@ _NON_IDENTIFYING = ("device", "data_root", "eval_batch_size")
 def load_data(cfg: ForgetCfg) -> tuple[ImageSet, ImageSet]:
     """Train and (optionally subsampled) test split on the run's device."""
     dev = resolve_device(cfg.device)
-    kw = dict(root=cfg.data_root, channels=cfg.channels, size=cfg.size, device=dev)
-    train, test = get_dataset(cfg.dataset, "train", **kw), get_dataset(cfg.dataset, "test", **kw)
+    kw = dict(root=cfg.data_root, channels=cfg.channels, size=cfg.size, norm=cfg.norm, device=dev)
+    train = get_dataset(cfg.dataset, train_split(cfg.dataset), **kw)
+    test = get_dataset(cfg.dataset, datasets.entry(cfg.dataset).test_split, **kw)
     if cfg.eval_images is not None and cfg.eval_images < len(test):
         keep = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:cfg.eval_images]
         test = test.subset(keep)  # a fixed subset: the same images for every run
@@ -81,10 +87,28 @@ def session_subsets(cfg: ForgetCfg, n_train: int) -> list[Tensor]:
 
 
 def build_model(cfg: ForgetCfg, train: ImageSet) -> nn.Module:
-    """The run's model with its seeded initial weights, on the data's device."""
+    """The run's model with its initial weights (`cfg.init`), on the data's device."""
+    kwargs = dict(cfg.model_kwargs, pretrained=True) if cfg.init == "timm" else cfg.model_kwargs
+    if cfg.init == "timm" and not cfg.model.startswith("timm:"):
+        raise KnowError(f"--forget.init=timm needs a timm model (timm:<name>), not {cfg.model}")
     model = seeded_model(cfg.model, seed_from(cfg.seed, "init"), train.num_classes, train.shape[0],
-                         train.shape[-1], cfg.model_kwargs)
-    return fast_layout(model.to(train.y.device))
+                         train.shape[-1], kwargs)
+    if cfg.init not in ("random", "timm"):
+        path = Path(cfg.init)
+        if not path.is_file():
+            raise KnowError(f"--forget.init={cfg.init}: no such state_dict file (or use random / timm)")
+        model.load_state_dict(torch.load(path, map_location="cpu"))
+    return fast_layout(model.to(train.x.device))
+
+
+def _train_epoch(cfg: ForgetCfg, model: nn.Module, train: ImageSet, idx: Tensor, opt, gen, aug, desc) -> float:
+    """One epoch of the upstream objective (at most `limit_steps` steps)."""
+    return train_epoch(model, train, idx, opt, cfg.batch_size, gen, aug, desc, objective(cfg.task).loss,
+                       cfg.limit_steps, cfg.amp)
+
+
+def _evaluate(cfg: ForgetCfg, model: nn.Module, test: ImageSet) -> float:
+    return objective(cfg.task).evaluate(model, test, cfg.eval_batch_size, cfg.limit_steps, cfg.amp)
 
 
 def fingerprint(cfg: ForgetCfg, *extra) -> int:
@@ -115,7 +139,7 @@ def _meta(cfg: ForgetCfg, train: ImageSet, sizes: list[int], records: list[dict]
         "pretrain_epochs": cfg.pretrain_epochs, "optimizer": cfg.optimizer, "seed": cfg.seed,
         "restart_from_initial": cfg.restart_from_initial, "augment": cfg.augment,
         "data_fraction": cfg.data_fraction, "max_images": cfg.max_images,
-        "test_acc": [r["test_acc"] for r in records], "dist_to_theta0": [r["dist_to_theta0"] for r in records],
+        "metric": objective(cfg.task).metric, "test_metric": [r["test_metric"] for r in records], "dist_to_theta0": [r["dist_to_theta0"] for r in records],
         "train_loss": [r["train_loss"] for r in records], "train_s": [r.get("train_s") for r in records],
         "config": asdict(cfg),
     }
@@ -140,7 +164,7 @@ def pretrain(cfg: ForgetCfg, ckpt_dir: str | Path | None = None, progress: bool 
     aug = Augment() if cfg.augment else None
     for e in range(start, cfg.pretrain_epochs):
         desc = f"pretrain epoch {e + 1}/{cfg.pretrain_epochs}" if progress else None
-        train_epoch(model, train, d0, opt, cfg.batch_size, generator(cfg.seed, "session", 0, "epoch", e), aug, desc)
+        _train_epoch(cfg, model, train, d0, opt, generator(cfg.seed, "session", 0, "epoch", e), aug, desc)
         if path:
             atomic_save({"fingerprint": fp, "epoch": e + 1, "model": cpu_state(model), "opt": opt.state_dict()}, path)
     return cpu_state(model)
@@ -150,7 +174,8 @@ def forget(cfg: ForgetCfg, theta0_state: dict[str, Tensor], ckpt_dir: str | Path
            progress: bool = True) -> Trajectory:
     """Sessions Θ1 .. Θ(S-1) from Θ0 (sequential, or from the initial weights when restart_from_initial).
 
-    Records per session k: test accuracy, ‖Θk − Θ0‖₂ over parameters, mean train loss of the last epoch.
+    Records per session k: the objective's test metric, ‖Θk − Θ0‖₂ over parameters, the last epoch's mean train
+    loss.
     With `ckpt_dir`, each finished session and each finished epoch is saved atomically; a rerun resumes.
     """
     train, test = load_data(cfg)
@@ -161,7 +186,7 @@ def forget(cfg: ForgetCfg, theta0_state: dict[str, Tensor], ckpt_dir: str | Path
     theta0 = {k: v.detach().cpu() for k, v in theta0_state.items()}
     model.load_state_dict(theta0)
     states = [theta0]
-    records = [{"test_acc": evaluate(model, test, cfg.eval_batch_size), "dist_to_theta0": 0.0, "train_loss": None}]
+    records = [{"test_metric": _evaluate(cfg, model, test), "dist_to_theta0": 0.0, "train_loss": None}]
     fp = fingerprint(cfg, _checksum(theta0))
     for k in range(1, cfg.sessions):
         start = init if cfg.restart_from_initial else states[-1]
@@ -193,13 +218,12 @@ def _session(cfg: ForgetCfg, k: int, model: nn.Module, start: dict, train: Image
     t0 = time.perf_counter()  # training time only (the forgetting overhead of T-G), not data loading or evaluation
     for e in range(first, cfg.epochs_per_session):
         desc = f"session {k}/{cfg.sessions - 1} epoch {e + 1}/{cfg.epochs_per_session}" if progress else None
-        loss = train_epoch(model, train, idx, opt, cfg.batch_size, generator(cfg.seed, "session", k, "epoch", e),
-                           aug, desc)
+        loss = _train_epoch(cfg, model, train, idx, opt, generator(cfg.seed, "session", k, "epoch", e), aug, desc)
         if partial and e + 1 < cfg.epochs_per_session:
             atomic_save({"fingerprint": fp, "session": k, "epoch": e + 1, "loss": loss, "model": cpu_state(model),
                          "opt": opt.state_dict(), "train_s": before + time.perf_counter() - t0}, partial)
     state = cpu_state(model)
-    rec = {"test_acc": evaluate(model, test, cfg.eval_batch_size), "train_loss": loss,
+    rec = {"test_metric": _evaluate(cfg, model, test), "train_loss": loss,
            "train_s": before + time.perf_counter() - t0}
     if done:
         atomic_save({"fingerprint": fp, "state": state, "record": rec}, done)
@@ -248,14 +272,15 @@ def forget_stacked(cfgs: list[ForgetCfg], progress: bool = True, backend: str = 
         for e in range(epochs):
             desc = f"stacked x{len(cfgs)} session {k}/{c0.sessions - 1} epoch {e + 1}/{epochs}" if progress else None
             gens = [generator(c.seed, "session", k, "epoch", e) for c in cfgs]
-            loss = train_epoch_stacked(stack, opt, train, [s[k] for s in subsets], c0.batch_size, gens, aug, desc)
+            loss = train_epoch_stacked(stack, opt, train, [s[k] for s in subsets], c0.batch_size, gens, aug, desc,
+                                       c0.limit_steps)
         return loss
 
     run(0, c0.pretrain_epochs)
     theta0 = [stack.member(m) for m in range(len(cfgs))]
     states = [[t] for t in theta0]
     accs = evaluate_stacked(stack, test, c0.eval_batch_size)
-    records = [[{"test_acc": a, "dist_to_theta0": 0.0, "train_loss": None}] for a in accs]
+    records = [[{"test_metric": a, "dist_to_theta0": 0.0, "train_loss": None}] for a in accs]
     for k in range(1, c0.sessions):
         if c0.restart_from_initial:
             stack.load(inits)
@@ -263,7 +288,7 @@ def forget_stacked(cfgs: list[ForgetCfg], progress: bool = True, backend: str = 
         accs = evaluate_stacked(stack, test, c0.eval_batch_size)
         for m in range(len(cfgs)):
             states[m].append(stack.member(m))
-            records[m].append({"test_acc": accs[m], "train_loss": float(loss[m]),
+            records[m].append({"test_metric": accs[m], "train_loss": float(loss[m]),
                                "dist_to_theta0": weight_distance(states[m][-1], theta0[m], stack.names)})
     sizes = [len(s) for s in subsets[0]]
     return [Trajectory.from_sessions(states[m], template, _meta(c, train, sizes, records[m]))
@@ -305,7 +330,8 @@ def trial_cfg(cfg: CollectCfg, trial: int) -> ForgetCfg:
                      channels=cfg.channels, size=cfg.size, max_images=cfg.max_images, rate=rate,
                      sessions=cfg.sessions, pretrain_epochs=cfg.pretrain_epochs,
                      epochs_per_session=cfg.epochs_per_session, augment=cfg.augment,
-                     restart_from_initial=cfg.restart_from_initial, device=cfg.device, eval_images=cfg.eval_images)
+                     restart_from_initial=cfg.restart_from_initial, device=cfg.device, eval_images=cfg.eval_images,
+                     limit_steps=cfg.limit_steps)
     smallest = top_size(base, _train_size(dataset, cfg.data_root)) * rate ** (cfg.sessions - 1)  # |D(S-1)|
     hi = max(cfg.batch_min, min(smallest, cfg.batch_max or math.inf))
     batch = int(_uniform(g, cfg.batch_min, hi))
@@ -370,7 +396,7 @@ def unit_forget(cfg: dict, out: Path, deps: dict) -> dict:
     theta0 = torch.load(deps["pretrain"] / "theta0.pt", map_location="cpu")
     traj = forget(ForgetCfg(**cfg["forget"]), theta0, ckpt_dir=out / "ckpt", progress=False)
     traj.save(out / "trajectory.safetensors")
-    return {k: traj.meta[k] for k in ("session_sizes", "test_acc", "dist_to_theta0", "train_s")}
+    return {k: traj.meta[k] for k in ("session_sizes", "metric", "test_metric", "dist_to_theta0", "train_s")}
 
 
 def unit_collect(cfg: dict, out: Path, deps: dict) -> dict:
@@ -402,9 +428,9 @@ def main(argv: list[str]) -> int:
     theta0 = torch.load(args.theta0, map_location="cpu") if args.theta0 else pretrain(cfg, args.ckpt_dir)
     traj = forget(cfg, theta0, args.ckpt_dir)
     traj.save(args.out)
-    accs = ", ".join(f"Θ{k} {a:.4f}" for k, a in enumerate(traj.meta["test_acc"]))
+    accs = ", ".join(f"Θ{k} {a:.4f}" for k, a in enumerate(traj.meta["test_metric"]))
     print(f"wrote {args.out}: {traj.num_sessions} sessions, sizes {traj.meta['session_sizes']}, "
-          f"test acc {accs}, {time.time() - t0:.1f} s")
+          f"test {traj.meta['metric']} {accs}, {time.time() - t0:.1f} s")
     return 0
 
 

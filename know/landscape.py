@@ -87,7 +87,7 @@ class Evaluator:
 
 def gather_points(traj, deps: dict[str, Path], methods) -> list[tuple[dict, dict[str, Tensor]]]:
     """(description, state_dict) of Θ(S−1) .. Θ0, then of each method's Θ(−1), Θ(−2), ..."""
-    accs = traj.meta.get("test_acc") or [None] * traj.num_sessions
+    accs = traj.meta.get("test_metric") or [None] * traj.num_sessions
     points = [({"method": "trajectory", "step": -k, "label": f"Θ{k}", "trained_acc": accs[k]}, traj.theta(k))
               for k in range(traj.num_sessions - 1, -1, -1)]
     for m in methods:

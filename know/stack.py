@@ -17,6 +17,7 @@ Lanes and wide are checked numerically against vmap when a stack is built; one t
 from __future__ import annotations
 
 import copy
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -261,12 +262,12 @@ class Stack:
 # ---------------------------------------------------------------------------------------------- epochs
 def train_epoch_stacked(stack: Stack, opt, data: ImageSet, idxs: list[Tensor], batch_size: int,
                         gens: list[torch.Generator], augment: Augment | None = None,
-                        desc: str | None = None) -> Tensor:
+                        desc: str | None = None, max_steps: int | None = None) -> Tensor:
     """One epoch for the K members of `stack` at once; member m trains on data[idxs[m]] with generator gens[m].
 
     All idxs must have the same length (same session size), so every member takes the same number of steps of the
     same batch size. Member m draws its batch order and augmentations from gens[m] in the order `train_epoch` does.
-    Returns the mean train loss per member (K,).
+    Returns the mean train loss per member (K,). `max_steps` stops the epoch early (rehearsals).
     """
     n, k = len(idxs[0]), len(idxs)
     if any(len(i) != n for i in idxs):
@@ -274,7 +275,7 @@ def train_epoch_stacked(stack: Stack, opt, data: ImageSet, idxs: list[Tensor], b
     dev = data.y.device
     orders = [batches(n, batch_size, g, device=dev) for g in gens]
     idxs = [i.to(dev) for i in idxs]
-    total = torch.zeros(k, device=dev)
+    total, seen = torch.zeros(k, device=dev), 0
 
     def batch(step_idx: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:  # one batch per member
         sels = [i[b] for i, b in zip(idxs, step_idx)]
@@ -282,8 +283,9 @@ def train_epoch_stacked(stack: Stack, opt, data: ImageSet, idxs: list[Tensor], b
         return xs, torch.stack([data.y[s] for s in sels])
 
     # The next batch is drawn in a second thread while this one trains (its generators are used in the same order)
-    with progress(-(-n // batch_size), desc) as bar, ThreadPoolExecutor(1) as ahead:
-        steps = iter(zip(*orders))
+    steps_total = -(-n // batch_size) if max_steps is None else min(max_steps, -(-n // batch_size))
+    with progress(steps_total, desc) as bar, ThreadPoolExecutor(1) as ahead:
+        steps = itertools.islice(zip(*orders), steps_total)
         first = next(steps, None)
         if first is None:
             return total
@@ -292,11 +294,13 @@ def train_epoch_stacked(stack: Stack, opt, data: ImageSet, idxs: list[Tensor], b
             xs, ys = pending.result()
             pending = ahead.submit(batch, step_idx)
             total += stack.train_step(xs, ys, opt) * xs.shape[1]
+            seen += xs.shape[1]
             bar.update()
         xs, ys = pending.result()
         total += stack.train_step(xs, ys, opt) * xs.shape[1]
+        seen += xs.shape[1]
         bar.update()
-    return total / n
+    return total / seen
 
 
 @torch.no_grad()

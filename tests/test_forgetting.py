@@ -39,7 +39,7 @@ def test_sequential_trajectory_layout(sequential):
                 "epochs_per_session", "seed", "code_version", "restart_from_initial"):
         assert key in meta
     assert meta["architecture"] == "debugnet" and meta["restart_from_initial"] is False
-    assert len(meta["test_acc"]) == len(meta["dist_to_theta0"]) == 4
+    assert len(meta["test_metric"]) == len(meta["dist_to_theta0"]) == 4
     assert meta["dist_to_theta0"][0] == 0 and all(d > 0 for d in meta["dist_to_theta0"][1:])
 
 
@@ -92,7 +92,7 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     resumed = forget(cfg, theta0, tmp_path, progress=False)
     for name in reference.params:
         assert torch.equal(reference.params[name], resumed.params[name]), name
-    assert reference.meta["test_acc"] == resumed.meta["test_acc"]
+    assert reference.meta["test_metric"] == resumed.meta["test_metric"]
 
 
 def test_resume_refuses_other_config(tmp_path):

@@ -80,7 +80,7 @@ def test_log_schedule_and_best_final(tmp_path):
     assert [r["lr"] for r in res.log] == pytest.approx([1e-3, 1e-3] + [cosine(e, 4, 4e-4) for e in range(4)])
     accs = [r["test_acc"] for r in res.log]
     assert res.final_acc == accs[-1] and res.selected == res.final and res.selected_epoch == 5  # select="last"
-    assert all(set(r) == {"phase", "epoch", "lr", "train_loss", "test_acc"} for r in res.log)
+    assert all(set(r) == {"phase", "epoch", "lr", "train_loss", "steps", "test_acc"} for r in res.log)
     assert res.to_dict()["config"]["dataset"] == "debug" and res.wall_time_s > 0
 
 
@@ -165,3 +165,27 @@ def test_damaged_checkpoint_is_ignored_not_trusted(tmp_path):
     with pytest.warns(UserWarning, match="unreadable checkpoint"):
         assert read_checkpoint(ckpt) is None
     assert read_checkpoint(tmp_path / "missing.pt") is None
+
+
+def test_early_stop_and_step_limit_end_phases_and_resume_where_they_stopped(tmp_path, monkeypatch):
+    """early_stop ends a phase after that many epochs without a better val metric; limit_steps caps a phase's
+    optimizer steps (rehearsals); a run interrupted after a phase ended early resumes into the next phase."""
+    cfg = replace(CFG, probe_epochs=6, finetune_epochs=2, val_images=40, max_images=64, select="best_val",
+                  early_stop=1)
+    vals = iter([0.5, 0.4, 0.6, 0.6, 0.7, 0.1, 0.2, 0.3])  # probe: best 0.5, then worse: stop after 2 epochs
+    real = cls.Classification.evaluate
+
+    def scripted(self, model, data, max_batches):
+        out = real(self, model, data, max_batches)
+        return {"acc": next(vals)} if data.split == "train" else out  # val sets come from the train split
+    monkeypatch.setattr(cls.Classification, "evaluate", scripted)
+    res = run_transfer(cfg, _upstream("debugnet"), "debugnet", seed=0, ckpt_path=tmp_path / "c.pt", progress=False)
+    assert [(r["phase"], r["epoch"]) for r in res.log] == [("probe", 0), ("probe", 1), ("finetune", 0),
+                                                          ("finetune", 1)]
+    assert res.selected_epoch == 2  # val 0.6 at finetune 0, the first best
+    ckpt = torch.load(tmp_path / "c.pt", weights_only=False)
+    assert ckpt["completed"] == ["probe", "finetune"]
+    monkeypatch.undo()
+    limited = run_transfer(replace(CFG, probe_epochs=3, finetune_epochs=3, limit_steps=2), _upstream("debugnet"),
+                           "debugnet", seed=0, progress=False)
+    assert [r["steps"] for r in limited.log] == [2, 2]  # 96 images / 32 = 3 steps an epoch, 2 per phase

@@ -7,16 +7,44 @@ entry in `TASKS`.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor
+
 from know.config import TransferCfg
 from know.errors import UnknownName
 from know.tasks.base import Task
 from know.tasks.classification import Classification
 from know.tasks.domains import DomainGeneralization
+from know.train import evaluate
 
 TASKS: dict[str, type[Task]] = {
     "classification": Classification,
     "domain_generalization": DomainGeneralization,
 }
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What upstream training (pre-training, forgetting sessions) optimises and reports for a kind of task."""
+
+    loss: Callable[[Tensor, Tensor], Tensor]  # (model outputs, targets) -> scalar
+    evaluate: Callable[..., float]  # (model, data, batch_size, max_batches, amp) -> metric in [0, 1]
+    metric: str
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "classification": Objective(F.cross_entropy, evaluate, "acc"),
+}
+
+
+def objective(task: str) -> Objective:
+    """The upstream objective of `task` (a name of `OBJECTIVES`)."""
+    if task not in OBJECTIVES:
+        raise UnknownName(f"unknown upstream task '{task}'; known: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[task]
 
 
 def create_task(cfg: TransferCfg, seed: int) -> Task:

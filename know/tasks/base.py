@@ -5,7 +5,8 @@ an encoder under a decoder ...), its phases (which parameters train, with which 
 schedule), one training epoch, and its metrics (`metric`: the one a table reports, higher is better). `fit` runs the
 phases epoch by epoch with a checkpoint after each (a rerun resumes and equals an uninterrupted run), evaluates val
 (when there is one) and test after every epoch, and reports the last epoch and the epoch with the best validation
-metric. The test split is never used to choose anything.
+metric; `early_stop` ends a phase after that many epochs without a better validation metric (Keras' EarlyStopping,
+without its restore: the best epoch is what `select="best_val"` reports). The test split never chooses anything.
 """
 from __future__ import annotations
 
@@ -89,42 +90,51 @@ def fit(task: Task, state: dict[str, torch.Tensor], upstream: dict, ckpt_path: s
     fp = seed_from(sorted((k, v) for k, v in vars(cfg).items() if k not in ("device", "data_root", "eval_batch_size")),
                    _checksum(state), sorted(upstream.items()), task.seed, *task.fingerprint())
     ckpt = _resume(ckpt_path, fp)
-    log, before = (list(ckpt["log"]), ckpt["wall_time_s"]) if ckpt else ([], 0.0)
+    log, completed, before = (list(ckpt["log"]), list(ckpt["completed"]), ckpt["wall_time_s"]) if ckpt else \
+        ([], [], 0.0)
     if ckpt:
         model.load_state_dict(ckpt["model"])
-    done = len(log)
+
+    def save(opt, phase: str) -> None:
+        if ckpt_path:
+            atomic_save({"fingerprint": fp, "model": cpu_state(model), "opt": opt.state_dict(), "phase": phase,
+                         "log": log, "completed": completed, "wall_time_s": before + time.time() - t0}, ckpt_path)
+
     for phase in task.phases():
-        if phase.epochs <= 0:
+        if phase.epochs <= 0 or phase.name in completed:
             continue
-        if done >= phase.epochs:  # finished before a resume
-            done -= phase.epochs
-            continue
-        params = _trainable(model, phase)
-        opt = make_optimizer(phase.optimizer, params, phase.lr(0), phase.weight_decay)
-        if ckpt and ckpt["phase"] == phase.name and done:
+        rows = [r for r in log if r["phase"] == phase.name]  # epochs of this phase done before a resume
+        opt = make_optimizer(phase.optimizer, _trainable(model, phase), phase.lr(0), phase.weight_decay)
+        if rows:
             opt.load_state_dict(ckpt["opt"])
-        budget = cfg.limit_steps
-        for epoch in range(done, phase.epochs):
-            if budget is not None and budget <= 0:
+        budget = None if cfg.limit_steps is None else cfg.limit_steps - sum(r["steps"] for r in rows)
+        vals = [r[f"val_{task.metric}"] for r in rows if f"val_{task.metric}" in r]
+        for epoch in range(len(rows), phase.epochs):
+            if (budget is not None and budget <= 0) or (cfg.early_stop and _stale(vals) >= cfg.early_stop):
                 break
             lr = phase.lr(epoch)
             set_lr(opt, lr)
             gen = torch.Generator().manual_seed(seed_from(task.seed, "transfer", phase.name, epoch))
             loss, steps = task.train_epoch(model, opt, train, gen, budget)
             budget = None if budget is None else budget - steps
-            row = {"phase": phase.name, "epoch": epoch, "lr": lr, "train_loss": loss,
+            row = {"phase": phase.name, "epoch": epoch, "lr": lr, "train_loss": loss, "steps": steps,
                    **{f"test_{k}": v for k, v in task.evaluate(model, test, cfg.limit_steps).items()}}
             if val is not None:
                 row.update({f"val_{k}": v for k, v in task.evaluate(model, val, cfg.limit_steps).items()})
+                vals.append(row[f"val_{task.metric}"])
             log.append(row)
             if progress:
                 print(f"[{task.__class__.__name__}] {phase.name} {epoch + 1}/{phase.epochs}: "
                       + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
-            if ckpt_path:
-                atomic_save({"fingerprint": fp, "model": cpu_state(model), "opt": opt.state_dict(),
-                             "phase": phase.name, "log": log, "wall_time_s": before + time.time() - t0}, ckpt_path)
-        done = 0
+            save(opt, phase.name)
+        completed.append(phase.name)
+        save(opt, phase.name)
     return summarize(log, task.metric, cfg.select, before + time.time() - t0)
+
+
+def _stale(vals: list[float]) -> int:
+    """Epochs since the best validation metric (0 when the last one is the best)."""
+    return len(vals) - 1 - max(range(len(vals)), key=lambda i: (vals[i], -i)) if vals else 0
 
 
 def summarize(log: list[dict], metric: str, select: str, wall: float) -> dict:
@@ -169,8 +179,9 @@ def cosine(epoch: int, epochs: int, peak: float, floor: float = 0.0) -> float:
 
 
 def finetune_lr(cfg: TransferCfg) -> Callable[[int], float]:
-    """The fine-tune phase's schedule: "cosine" (§4) or "warmup_flat_cosine" (linear warm-up over warmup_epochs,
-    flat_epochs at the peak, then cosine down to min_lr over the rest: the authors' PVTv2 recipe)."""
+    """The fine-tune phase's schedule: "cosine" (§4); "warmup_flat_cosine" (linear warm-up over warmup_epochs,
+    flat_epochs at the peak, then cosine down to min_lr over the rest: the authors' PVTv2 recipe); "warmup_constant"
+    (linear warm-up over warmup_epochs, then constant: the Keras captioning example's schedule, per epoch)."""
     if cfg.schedule == "cosine":
         return lambda e: cosine(e, cfg.finetune_epochs, cfg.finetune_lr, cfg.min_lr)
     if cfg.schedule == "warmup_flat_cosine":
@@ -183,4 +194,7 @@ def finetune_lr(cfg: TransferCfg) -> Callable[[int], float]:
                 return cfg.finetune_lr
             return cosine(e - cfg.warmup_epochs - cfg.flat_epochs, decay, cfg.finetune_lr, cfg.min_lr)
         return lr
-    raise KnowError(f"unknown --transfer.schedule={cfg.schedule}; choices: cosine, warmup_flat_cosine")
+    if cfg.schedule == "warmup_constant":
+        return lambda e: cfg.finetune_lr * min(1.0, (e + 1) / max(1, cfg.warmup_epochs))
+    raise KnowError(f"unknown --transfer.schedule={cfg.schedule}; choices: cosine, warmup_flat_cosine, "
+                    "warmup_constant")

@@ -124,8 +124,9 @@ class Classification(Task):
     def train_epoch(self, model, opt, data, gen, max_steps):
         aug = Augment() if self.cfg.augment else None
         idx = torch.arange(len(data), device=data.x.device)
-        loss = train_epoch(model, data, idx, opt, self.cfg.batch_size, gen, aug, max_steps=max_steps)
+        loss = train_epoch(model, data, idx, opt, self.cfg.batch_size, gen, aug, max_steps=max_steps,
+                           amp=self.cfg.amp)
         return loss, min(-(-len(data) // self.cfg.batch_size), max_steps or len(data))
 
     def evaluate(self, model, data, max_batches):
-        return {"acc": evaluate(model, data, self.cfg.eval_batch_size, max_batches)}
+        return {"acc": evaluate(model, data, self.cfg.eval_batch_size, max_batches, self.cfg.amp)}
