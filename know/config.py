@@ -99,7 +99,8 @@ class MetaTrainCfg:
     seed: int = 0
     device: str = "auto"  # "auto" = cuda if available, else cpu
     kinds: tuple[str, ...] = ("conv", "fc", "bias")  # KNOWN models to train
-    routing: str = "official"  # parameters -> models, as in prediction (know.predict.ROUTINGS); norm: not trained
+    routing: str = "official"  # parameters -> models, as in prediction (know.routes.ROUTINGS); norm: not trained
+    limit_steps: int | None = None  # rehearsal only: batches per kind and epoch
     progress: bool = True  # tqdm bar
 
 
@@ -198,14 +199,27 @@ class SlurmCfg:
 
 @dataclass
 class ExperimentCfg:
-    """One table's pipeline: pre-train -> forget -> (collect -> meta-train) -> predict -> transfer, per data fraction."""
+    """One table's pipeline: pre-train -> forget -> (collect -> meta-train) -> predict -> transfer, per column.
+
+    The table's columns run along `axis`: "fraction" (T-A: the share of pre-training data, `fractions`), "dataset"
+    (T-B: downstream datasets, `datasets`) or "domain" (T-C: the held-out domain, `domains`); `per_column` adds
+    transfer settings for one column ({"digits": {"max_images": 1000}}). `limit_steps` / `limit_batch` cap every
+    phase's optimizer steps and every batch size (the full-size rehearsal of the paper path; never for results).
+    `amp` (bf16 autocast) and `compile` (torch.compile) act on CUDA only."""
 
     profile: str = "paper"
     trials: int = 5  # downstream fine-tuning trials per row (paper: 5, mean ± std)
     seed: int = 0  # base seed; every unit's seed is hashed from it and the fields that identify the unit
+    axis: str = "fraction"  # what the columns vary: fraction | dataset | domain
     fractions: tuple[float, ...] = (1.0, 0.5, 0.25)  # share of the pre-training data available (T-A columns)
+    datasets: tuple[str, ...] = ()  # axis "dataset": the downstream datasets (T-B)
+    domains: tuple[str, ...] = ()  # axis "domain": the held-out domains (T-C)
+    per_column: dict = field(default_factory=dict)  # column -> transfer overrides
     data_root: str | None = None
     device: str = "auto"  # auto: cuda when available
+    amp: bool = True  # bf16 autocast on CUDA (no effect on a CPU)
+    limit_steps: int | None = None  # rehearsal: optimizer steps per phase, batches per evaluation
+    limit_batch: int | None = None  # rehearsal: the largest batch of any stage
     forget: ForgetCfg = field(default_factory=ForgetCfg)
     collect: CollectCfg = field(default_factory=CollectCfg)
     metatrain: MetaTrainCfg = field(default_factory=MetaTrainCfg)

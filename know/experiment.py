@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass
 
-from know.config import CostCfg, ExperimentCfg, LandscapeCfg
+from know.config import CostCfg, ExperimentCfg, ForgetCfg, LandscapeCfg, TransferCfg
+from know.errors import KnowError
 from know.cost import hardware_id
 from know.forgetting import num_groups
 from know.jobs import Unit
@@ -45,30 +46,86 @@ class Row:
     def step_list(self) -> tuple[int, ...]:
         return (0,) if self.method == "naive" else self.steps
 
+    @staticmethod
+    def factor(step: int, rate: float) -> str:
+        """The virtual data multiplier of a recurrence step: 8 for 3 steps at r = 1/2, 9 for 2 at r = 1/3."""
+        return f"{(1 / rate) ** step:.3g}"
+
 
 # ---------------------------------------------------------------- building the grid
 
-def _forget_cfg(cfg: ExperimentCfg, fraction: float):
-    return dataclasses.replace(cfg.forget, data_fraction=fraction, data_root=cfg.data_root, device=cfg.device)
+@dataclass(frozen=True)
+class Column:
+    """One column of a table: the upstream data fraction it uses and the transfer settings it changes."""
+
+    name: str  # "100%", a dataset, a domain
+    fraction: float = 1.0
+    transfer: tuple = ()  # (field, value) pairs applied to the transfer config
+
+
+AXES = ("fraction", "dataset", "domain")
+
+
+def columns(cfg: ExperimentCfg) -> list[Column]:
+    """The table's columns along `cfg.axis` (see `ExperimentCfg`); an unknown axis or an empty one fails."""
+    if cfg.axis not in AXES:
+        raise KnowError(f"unknown --axis={cfg.axis}; choices: {', '.join(AXES)}")
+    values = {"fraction": cfg.fractions, "dataset": cfg.datasets, "domain": cfg.domains}[cfg.axis]
+    if not values:
+        raise KnowError(f"the table has no columns: --{cfg.axis}s is empty")
+    out = []
+    for v in values:
+        name = f"{v:.0%}" if cfg.axis == "fraction" else str(v)
+        extra = dict(cfg.per_column.get(name, {}))
+        if cfg.axis == "dataset":
+            extra["dataset"] = v
+        elif cfg.axis == "domain":
+            extra["target_domain"] = v
+        fraction = float(v) if cfg.axis == "fraction" else cfg.fractions[0]
+        out.append(Column(name, fraction, tuple(sorted(extra.items()))))
+    return out
+
+
+def _limits(cfg: ExperimentCfg, section) -> dict:
+    """The experiment-wide settings every stage config takes: where data lives, the device, the rehearsal caps."""
+    shared = {"data_root": cfg.data_root, "device": cfg.device, "amp": cfg.amp, "limit_steps": cfg.limit_steps}
+    out = {k: v for k, v in shared.items() if hasattr(section, k)}
+    if cfg.limit_batch and hasattr(section, "batch_size"):
+        out["batch_size"] = min(section.batch_size, cfg.limit_batch)
+    return out
+
+
+def forget_cfg(cfg: ExperimentCfg, fraction: float) -> ForgetCfg:
+    """The forgetting run of a data fraction, with the experiment-wide settings."""
+    return dataclasses.replace(cfg.forget, data_fraction=fraction, **_limits(cfg, cfg.forget))
+
+
+def transfer_cfg(cfg: ExperimentCfg, column: Column) -> TransferCfg:
+    """The downstream protocol of a column, with the experiment-wide settings."""
+    try:
+        return dataclasses.replace(cfg.transfer, **_limits(cfg, cfg.transfer), **dict(column.transfer))
+    except TypeError as e:
+        raise KnowError(f"--per_column of {column.name}: {e}") from None
 
 
 def pretrain_unit(cfg: ExperimentCfg, fraction: float) -> Unit:
-    fc = {k: v for k, v in asdict(_forget_cfg(cfg, fraction)).items() if k not in FORGET_ONLY}
-    return Unit("pretrain", "know.forgetting:unit_pretrain", {"forget": fc},
-                label=f"pretrain f={fraction:g}")
+    fc = {k: v for k, v in asdict(forget_cfg(cfg, fraction)).items() if k not in FORGET_ONLY}
+    return Unit("pretrain", "know.forgetting:unit_pretrain", {"forget": fc}, label=f"pretrain f={fraction:g}")
 
 
 def forget_unit(cfg: ExperimentCfg, fraction: float) -> Unit:
-    return Unit("forget", "know.forgetting:unit_forget", {"forget": asdict(_forget_cfg(cfg, fraction))},
+    return Unit("forget", "know.forgetting:unit_forget", {"forget": asdict(forget_cfg(cfg, fraction))},
                 deps={"pretrain": pretrain_unit(cfg, fraction)}, label=f"forget f={fraction:g}")
 
 
 def metatrain_unit(cfg: ExperimentCfg, window: int = 5) -> Unit:
-    cc = dataclasses.replace(cfg.collect, data_root=cfg.data_root, device=cfg.device)
-    groups = {f"collect{g}": Unit("collect", "know.forgetting:unit_collect", {"collect": asdict(cc), "group": g}, label=f"collect group {g}")
+    cc = dataclasses.replace(cfg.collect, **_limits(cfg, cfg.collect))
+    groups = {f"collect{g}": Unit("collect", "know.forgetting:unit_collect", {"collect": asdict(cc), "group": g},
+                                  label=f"collect group {g}")
               for g in range(num_groups(cc))}
-    mc = dataclasses.replace(cfg.metatrain, device=cfg.device, window=window)
-    return Unit("metatrain", "know.metatrain:unit_metatrain", {"metatrain": asdict(mc)}, deps=groups, label=f"meta-train KNOWN (window {window})")
+    mc = dataclasses.replace(cfg.metatrain, window=window, **_limits(cfg, cfg.metatrain))
+    return Unit("metatrain", "know.metatrain:unit_metatrain", {"metatrain": asdict(mc)}, deps=groups,
+                label=f"meta-train KNOWN (window {window})")
 
 
 def predict_unit(cfg: ExperimentCfg, fraction: float, row: Row) -> Unit:
@@ -81,17 +138,26 @@ def predict_unit(cfg: ExperimentCfg, fraction: float, row: Row) -> Unit:
 
 
 def trial_seed(cfg: ExperimentCfg, fraction: float, trial: int) -> int:
+    """The downstream seed of trial `trial`: shared by every row (paired comparisons)."""
     return seed_from(cfg.seed, "transfer", fraction, trial)
 
 
+def upstream_of(cfg: ExperimentCfg, fraction: float) -> dict:
+    """What the transfer unit needs to rebuild the upstream model: architecture, kwargs and what travels with the
+    weights about their input (channels, size, normalisation: the downstream data is adapted to them)."""
+    fc = forget_cfg(cfg, fraction)
+    kwargs = {**fc.model_kwargs, "img_size": fc.size, "norm": fc.norm}
+    if fc.channels:
+        kwargs["in_chans"] = fc.channels
+    return {"model": fc.model, "model_kwargs": kwargs}
+
+
 def transfer_units(cfg: ExperimentCfg, rows: list[Row]) -> list[tuple[dict, Unit]]:
-    """(row identity, unit) for every fine-tune run of the table."""
+    """(run identity, unit) for every fine-tune run of the table: columns x rows x steps x trials."""
     out = []
-    for f in cfg.fractions:
-        fc = _forget_cfg(cfg, f)
-        # the upstream input shape travels with the weights: downstream images are adapted to it
-        upstream = {"model": fc.model, "model_kwargs": {**fc.model_kwargs, "img_size": fc.size}}
-        tc = dataclasses.replace(cfg.transfer, data_root=cfg.data_root, device=cfg.device)
+    for col in columns(cfg):
+        f, tc = col.fraction, transfer_cfg(cfg, col)
+        upstream = upstream_of(cfg, f)
         for row in rows:
             source = pretrain_unit(cfg, f) if row.method == "naive" else predict_unit(cfg, f, row)
             for step in row.step_list():
@@ -100,9 +166,10 @@ def transfer_units(cfg: ExperimentCfg, rows: list[Row]) -> list[tuple[dict, Unit
                     unit = Unit("transfer", "know.transfer:unit_transfer",
                                 {"transfer": asdict(tc), "upstream": upstream, "step": step, "seed": seed},
                                 deps={"weights": source},
-                                label=f"transfer {row.name} x{2 ** step} f={f:g} trial {trial}")
-                    out.append(({"method": row.name, "steps": step, "fraction": f, "trial": trial, "seed": seed},
-                                unit))
+                                label=f"transfer {row.name} x{row.factor(step, cfg.forget.rate)} {col.name} "
+                                      f"trial {trial}")
+                    out.append(({"method": row.name, "steps": step, "column": col.name, "fraction": f,
+                                 "trial": trial, "seed": seed}, unit))
     return out
 
 

@@ -178,12 +178,14 @@ def l1_penalty(model: KNOWN, cfg: MetaTrainCfg) -> torch.Tensor:
 
 
 def train_known_epoch(model: KNOWN, opt: torch.optim.Optimizer, rows: torch.Tensor, cfg: MetaTrainCfg,
-                gen: torch.Generator, bar) -> float:
+                      gen: torch.Generator, bar) -> float:
     """One shuffled pass; returns the mean data MAE (without the regulariser). Non-finite batches are skipped."""
     perm = torch.randperm(rows.shape[0], generator=gen).to(rows.device)
     total = torch.zeros((), dtype=torch.float64, device=rows.device)  # summed on the device: no sync per batch
     count, skipped = 0, 0
     for step, i in enumerate(range(0, rows.shape[0], cfg.batch_size)):
+        if cfg.limit_steps is not None and step == cfg.limit_steps:
+            break
         batch = rows[perm[i:i + cfg.batch_size]]
         mae = residual_mae(model, batch)
         loss = mae + l1_penalty(model, cfg)

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from know.io import atomic_write  # noqa: E402
-from know.results import read_results, row_label, summarize  # noqa: E402
+from know.results import METRICS, read_results, row_label, summarize  # noqa: E402
 
 PALETTE = {"naive": "#7f7f7f", "taskvector": "#9ecae1", "logfit": "#6baed6", "tsv": "#3182bd",
            "known_official": "#e6550d", "known_ours": "#31a354", "wnn": "#756bb1"}
@@ -25,19 +25,28 @@ def save_figure(fig, path: Path) -> Path:
         plt.close(fig)
 
 
-def plot_transfer_table(csv_path: Path, out: Path, title: str | None = None) -> Path:
-    """One panel per data fraction: mean ± std downstream accuracy per row, Naive as a dashed reference line."""
-    df, meta = read_results(csv_path)
-    summary = summarize(df)
-    rate = float(meta.get("rate", 0.5))
-    fractions = sorted(summary["fraction"].unique(), reverse=True)
+def _row_panels(summary: pd.DataFrame, rate: float):
+    """(rows in order, columns in order, a figure with one panel per column)."""
     rows = list(dict.fromkeys(zip(summary["method"], summary["steps"])))
-    fig, axes = plt.subplots(1, len(fractions), figsize=(4.2 * len(fractions), 0.42 * len(rows) + 1.6),
-                             sharey=True, squeeze=False)
-    for ax, f in zip(axes[0], fractions):
-        part = summary[summary["fraction"] == f].set_index(["method", "steps"])
-        ys = range(len(rows))
-        for y, (m, s) in zip(ys, rows):
+    cols = list(dict.fromkeys(summary["column"]))
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 0.42 * len(rows) + 1.6), sharey=True,
+                             squeeze=False)
+    for ax in axes[0]:
+        ax.set_yticks(range(len(rows)), [row_label(m, int(s), rate) for m, s in rows])
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].invert_yaxis()
+    return rows, cols, fig, axes[0]
+
+
+def plot_transfer_table(csv_path: Path, out: Path, title: str | None = None) -> Path:
+    """One panel per column: mean ± std of the reported metric per row, Naive as a dashed reference line."""
+    df, meta = read_results(csv_path)
+    summary, rate = summarize(df), float(meta.get("rate", 0.5))
+    rows, cols, fig, axes = _row_panels(summary, rate)
+    metric = METRICS.get(df["metric"].iloc[0], df["metric"].iloc[0]) if "metric" in df else "accuracy"
+    for ax, c in zip(axes, cols):
+        part = summary[summary["column"] == c].set_index(["method", "steps"])
+        for y, (m, s) in enumerate(rows):
             if (m, s) not in part.index:
                 continue
             r = part.loc[(m, s)]
@@ -45,24 +54,64 @@ def plot_transfer_table(csv_path: Path, out: Path, title: str | None = None) -> 
                         color=PALETTE.get(m, "k"))
             if m == "naive":
                 ax.axvline(r["mean"], color=PALETTE["naive"], ls="--", lw=1)
-        ax.set_yticks(list(ys), [row_label(m, int(s), rate) for m, s in rows])
-        ax.invert_yaxis()
-        ax.set_title(f"{f:.0%} of pre-training data")
-        ax.set_xlabel("downstream test accuracy (%)")
-        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(str(c))
+        ax.set_xlabel(f"downstream test {metric} (%)")
     n = int(summary["count"].max()) if len(summary) else 0
     fig.suptitle(title or f"{Path(csv_path).stem}: mean ± std over {n} trials "
                           f"(profile {meta.get('profile', '?')}, commit {meta.get('commit', '?')})", fontsize=10)
     return save_figure(fig, out)
 
 
+def plot_differences(csv_path: Path, out: Path) -> Path:
+    """One panel per column: each row's mean paired difference from Naive (points) with its 95 % t interval, the
+    zero line, and the minimum detectable effect (shaded): the table's answer at a glance."""
+    df, meta = read_results(csv_path)
+    summary, rate = summarize(df), float(meta.get("rate", 0.5))
+    summary = summary[summary["method"] != "naive"]
+    if summary.empty:  # a table of Naive alone has no difference to draw
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{Path(csv_path).stem}: no row besides Naive", ha="center", va="center")
+        return save_figure(fig, out)
+    rows, cols, fig, axes = _row_panels(summary, rate)
+    for ax, c in zip(axes, cols):
+        part = summary[summary["column"] == c].set_index(["method", "steps"])
+        mdes = part["mde"].dropna()
+        if len(mdes):
+            ax.axvspan(-mdes.median(), mdes.median(), color="0.9", zorder=0,
+                       label=f"± median MDE ({mdes.median():.2f})")
+        ax.axvline(0, color="k", lw=1)
+        for y, (m, s) in enumerate(rows):
+            if (m, s) not in part.index:
+                continue
+            r = part.loc[(m, s)]
+            err = [[r["diff"] - r["ci_low"]], [r["ci_high"] - r["diff"]]] if not pd.isna(r["ci_low"]) else None
+            color = {"better": "#31a354", "worse": "#de2d26"}.get(r["verdict"], "0.4")
+            ax.errorbar(r["diff"], y, xerr=err, fmt="o", capsize=3, color=color)
+        ax.set_title(str(c))
+        ax.set_xlabel("difference from Naive (points), 95 % CI")
+        if len(mdes):
+            ax.legend(fontsize=7, loc="lower right")
+    n = int(summary["n"].max()) if len(summary) else 0
+    fig.suptitle(f"{Path(csv_path).stem}: paired difference from Naive over {n} trials (green: better, red: worse, "
+                 f"grey: no detectable difference; profile {meta.get('profile', '?')}, "
+                 f"commit {meta.get('commit', '?')})", fontsize=9)
+    return save_figure(fig, out)
+
+
 # csv stem prefix -> plotting function; the figure goes to figures/<csv stem>.png
-FIGURES = {"table1_": plot_transfer_table, "table_ablation_s_": plot_transfer_table}
+FIGURES: dict = {}  # csv stem prefix -> figure of a non-transfer CSV (T-G and the upstream figures, below)
+TRANSFER_TABLES = ("table1_", "table_ablation_s_", "table_pvtv2_", "table_pacs_", "table_segmentation_",
+                   "table_captioning_")
 
 
 def regenerate(results_dir: Path, figures_dir: Path) -> list[Path]:
     made = []
     for csv in sorted(Path(results_dir).glob("*.csv")):
+        if csv.stem.startswith(TRANSFER_TABLES):
+            made.append(plot_transfer_table(csv, Path(figures_dir) / f"{csv.stem}.png"))
+            made.append(plot_differences(csv, Path(figures_dir) / f"{csv.stem}_vs_naive.png"))
+            continue
         for prefix, fn in FIGURES.items():
             if csv.stem.startswith(prefix):
                 made.append(fn(csv, Path(figures_dir) / f"{csv.stem}.png"))

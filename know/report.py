@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from know.io import atomic_write_text
-from know.results import paper_cell, read_results, row_label, summarize
+from know.results import METRICS, diff_cell, paper_cell, read_results, row_label, summarize
+from know.stats import sentence
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE_ORDER = ("paper", "cpu", "smoke")
@@ -25,6 +26,13 @@ TABLES = {
                "table1.csv", "transfer"),
     "table_ablation_s": ("T-F", "ablation on the trajectory length S, 100 % of the pre-training data, accuracy %",
                          "table_ablation_s.csv", "transfer"),
+    "table_pvtv2": ("T-B", "PVTv2 transferred to several datasets (paper: ImageNet -> CIFAR-100, TinyImageNet, Cars, "
+                    "CUB, Flowers)", "table_pvtv2.csv", "transfer"),
+    "table_pacs": ("T-C", "domain generalisation, leave one domain out (paper: PACS)", "table_pacs.csv", "transfer"),
+    "table_segmentation": ("T-D", "semantic segmentation, DeepLabV3+ (paper: VOC -> Cityscapes), mIoU",
+                           "table_segmentation.csv", "transfer"),
+    "table_captioning": ("T-E", "image captioning, PVTv2 encoder + Transformer decoder (paper: Flickr8K), masked "
+                         "accuracy", "table_captioning.csv", "transfer"),
     "table_cost": ("T-G", "cost of KNOW prediction and of the forgetting trajectory", "table_cost.csv", "cost"),
     "figure_landscape": ("figure 2", "loss landscape: the trajectory and the predictions on a PCA plane", None,
                          "landscape"),
@@ -106,19 +114,36 @@ def duration(seconds) -> str:
 # ---------------------------------------------------------------- one table each
 
 def render_transfer(df: pd.DataFrame, meta: dict, paper: pd.DataFrame | None) -> str:
-    """Rows method × steps; per fraction the mean ± std of ours (n trials) and the paper's cell."""
+    """Rows method × steps; per column: ours (mean ± std, n), the paired difference from Naive with its 95 % t
+    interval and verdict, and the paper's cell; then σ_d and the MDE per row, and one sentence per row."""
     summary, rate = summarize(df), float(meta.get("rate", 0.5))
-    fractions = sorted(summary["fraction"].unique(), reverse=True)
-    head = ["row"] + [c for f in fractions for c in (f"{f:.0%} ours", f"{f:.0%} paper")]
-    rows = []
+    cols = list(dict.fromkeys(summary["column"]))
+    head = ["row"] + [h for c in cols for h in (f"{c} ours", f"{c} vs Naive [95% CI]", f"{c} paper")]
+    rows, power = [], []
     for (method, steps), grp in summary.groupby(["method", "steps"], sort=False):
-        cells = [row_label(method, int(steps), rate)]
-        for f in fractions:
-            r = grp[grp["fraction"] == f]
-            ours = "-" if not len(r) else f"{num(r['mean'].iloc[0])}±{num(r['std'].iloc[0])} (n={r['count'].iloc[0]})"
-            cells += [ours, paper_cell(paper, method, steps, f)]
+        label = row_label(method, int(steps), rate)
+        cells, pw = [label], [label]
+        for c in cols:
+            r = grp[grp["column"] == c]
+            if not len(r):
+                cells += ["-", "-", paper_cell(paper, method, steps, c)]
+                pw.append("-")
+                continue
+            r = r.iloc[0]
+            cells += [f"{num(r['mean'])}±{num(r['std'])} (n={r['count']})", diff_cell(r),
+                      paper_cell(paper, method, steps, c)]
+            pw.append("-" if method == "naive" else f"{num(r['diff_sd'])} / {num(r['mde'])}")
         rows.append(cells)
-    return md_table(head, rows)
+        if method != "naive":
+            power.append(pw)
+    text = md_table(head, rows)
+    if power:
+        text += ("\nσ_d (std of the paired differences, points) / minimum detectable effect (α = 0.05 two-sided, "
+                 "power 0.8):\n\n" + md_table(["row"] + cols, power))
+        lines = [sentence(row_label(r["method"], int(r["steps"]), rate), r, r["column"], meta.get("profile", "?"))
+                 for _, r in summary[summary["method"] != "naive"].iterrows()]
+        text += "\n" + "\n".join(f"- {ln}" for ln in lines) + "\n"
+    return text
 
 
 def _paper_cost(paper: pd.DataFrame | None, model: str) -> dict:
@@ -216,8 +241,10 @@ def render_section(name: str, profile: str, csv: Path, figures_dir: Path, paper_
     parts = [f"## {label}: {title} ({profile})\n", f"`{csv.name}`: {provenance_line(df, meta)}.\n",
              setup_line(meta)]
     if kind == "transfer":
-        parts.append("Final downstream test accuracy %, mean ± std over trials; paper's cell beside ours "
-                     "('?' = the paper's value is unknown, '-' = not run).\n\n" + render_transfer(df, meta, paper))
+        metric = METRICS.get(df["metric"].iloc[0], df["metric"].iloc[0]) if "metric" in df else "accuracy"
+        parts.append(f"Downstream test {metric} (points) of the reported epoch, mean ± std over trials; the paired "
+                     "difference from Naive (same column and trial) with its 95 % t interval and verdict; the paper's "
+                     "cell ('?' = unknown, '-' = not run).\n\n" + render_transfer(df, meta, paper))
     elif kind == "cost":
         parts.append(render_cost(df, paper) + f"\nOfficial Keras KNOWN: {meta.get('official_keras', '?')}.\n")
     elif kind == "landscape":
@@ -235,7 +262,7 @@ def render_unknowns(paper_dir: Path) -> str:
     for name, (label, _, paper_csv, _) in TABLES.items():
         paper = read_paper_csv(Path(paper_dir) / paper_csv) if paper_csv else None
         if paper is not None:
-            cells = paper.drop(columns=[c for c in ("method", "steps", "fraction", "model") if c in paper])
+            cells = paper.drop(columns=[c for c in ("method", "steps", "column", "model") if c in paper])
             counts.append(f"{label}: {int((cells == '?').sum().sum())} of {cells.size} cells '?'")
     rows = [[what, ours] for what, ours in UNKNOWN]
     return ("## What the paper leaves unknown\n\n" + "; ".join(counts) + " (docs/method.md §5).\n\n"

@@ -1,8 +1,10 @@
-"""Result rows -> CSV with provenance -> grouped mean ± std -> text tables beside the paper's numbers.
+"""Result rows -> CSV with provenance -> summaries and paired statistics -> text tables beside the paper's numbers.
 
-Rows are self-describing (method, steps, fraction, trial, seed, accuracy, commit, profile); provenance of the whole
-run (command, executor, config, seeds, wall time) goes to a sidecar `<csv>.meta.json`. Aggregation and rendering are
-pure functions of the CSV, so figures and reports regenerate from cache without computing.
+Rows are self-describing: one per fine-tune run (method, steps, column, fraction, trial, seed, metric, score = the
+reported epoch's metric, final = the last epoch's, commit, profile); provenance of the whole run (command, executor,
+config, seeds, wall time) goes to a sidecar `<csv>.meta.json`. Aggregating (mean ± std per row and column) and the
+paired statistics against Naive (`know.stats`) are pure functions of the CSV, so figures and reports regenerate from
+cache without computing.
 """
 from __future__ import annotations
 
@@ -14,26 +16,26 @@ from pathlib import Path
 import pandas as pd
 
 from know.io import atomic_write_text
+from know.stats import paired_vs_naive
 
 DISPLAY = {"naive": "Naive", "taskvector": "TaskVector", "logfit": "LogFit", "tsv": "TSV",
            "known_official": "KNOWN (official)", "known_ours": "KNOWN (ours)", "wnn": "WNN",
            **{f"known_ours_s{s}": f"KNOWN (ours, S={s})" for s in (2, 3, 4)}}
+METRICS = {"acc": "accuracy", "miou": "mIoU", "masked_acc": "masked accuracy", "bleu4": "BLEU-4"}
 
 
 def row_label(method: str, steps: int, rate: float = 0.5) -> str:
-    """'KNOWN (official) ×8' for 3 steps at r = 0.5; 'Naive' for 0 steps."""
+    """'KNOWN (official) ×8' for 3 steps at r = 0.5, '×9' for 2 steps at r = 1/3; 'Naive' for 0 steps."""
     name = DISPLAY.get(method, method)
     if not steps:
         return name
-    mult = (1 / rate) ** steps
-    return f"{name} ×{mult:g}"
+    return f"{name} ×{(1 / rate) ** steps:.3g}"
 
 
 def write_results(rows: list[dict], csv_path: Path, provenance: dict) -> Path:
     """Atomically write the rows and the provenance sidecar (`<name>.meta.json`)."""
     csv_path = Path(csv_path)
-    df = pd.DataFrame(rows)
-    atomic_write_text(csv_path, df.to_csv(index=False))
+    atomic_write_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
     atomic_write_text(meta_path(csv_path), json.dumps(provenance, indent=1, default=str))
     return csv_path
 
@@ -45,24 +47,33 @@ def meta_path(csv_path: Path) -> Path:
 def read_results(csv_path: Path) -> tuple[pd.DataFrame, dict]:
     csv_path = Path(csv_path)
     meta = json.loads(meta_path(csv_path).read_text()) if meta_path(csv_path).exists() else {}
-    return pd.read_csv(csv_path), meta
+    return pd.read_csv(csv_path, dtype={"column": str}), meta
+
+
+def column_order(df: pd.DataFrame) -> list[str]:
+    """Columns in the order the table ran them (larger fractions first for T-A, as the paper prints them)."""
+    return list(dict.fromkeys(df["column"]))
 
 
 def summarize(df: pd.DataFrame, value: str = "score") -> pd.DataFrame:
-    """Mean, std (ddof=1) and count of `value` (in %) per (method, steps, fraction), in row order of appearance."""
+    """Mean, std (ddof=1) and count of `value` (in points) per (method, steps, column), joined with the paired
+    statistics against Naive (`know.stats.paired_vs_naive`), in row order of appearance."""
     order = list(dict.fromkeys(zip(df["method"], df["steps"])))
-    g = df.groupby(["method", "steps", "fraction"], sort=False)[value]
+    g = df.groupby(["method", "steps", "column"], sort=False)[value]
     out = g.agg(["mean", "std", "count"]).reset_index()
     out[["mean", "std"]] *= 100
-    out["order"] = [order.index((m, s)) for m, s in zip(out["method"], out["steps"])]
-    return out.sort_values(["order", "fraction"], ascending=[True, False]).drop(columns="order")
+    out = out.merge(paired_vs_naive(df, value), on=["method", "steps", "column"], how="left")
+    cols = column_order(df)
+    out["order"] = [order.index((m, s)) * len(cols) + cols.index(c)
+                    for m, s, c in zip(out["method"], out["steps"], out["column"])]
+    return out.sort_values("order").drop(columns="order").reset_index(drop=True)
 
 
 def read_paper(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, comment="#", dtype=str)
 
 
-def _fmt(mean, std, count=None) -> str:
+def fmt(mean, std) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "?"
     s = f"{mean:.2f}"
@@ -71,17 +82,26 @@ def _fmt(mean, std, count=None) -> str:
     return s
 
 
+def diff_cell(r) -> str:
+    """'+1.20 [+0.40, +2.00] better' for a row's paired difference from Naive, '-' for Naive itself."""
+    if r["method"] == "naive" or pd.isna(r.get("diff")):
+        return "-"
+    if pd.isna(r["ci_low"]):
+        return f"{r['diff']:+.2f} (n={int(r['n'])})"
+    return f"{r['diff']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] {r['verdict']}"
+
+
 def side_by_side(summary: pd.DataFrame, paper: pd.DataFrame | None, rate: float = 0.5) -> str:
-    """A text table: one line per row (method × steps), for each fraction 'ours | paper'."""
-    fractions = sorted(summary["fraction"].unique(), reverse=True)
-    head = ["row"] + [f"{f:.0%} ours | paper" for f in fractions]
+    """A text table: one line per row (method × steps), per column 'ours | paired difference | paper'."""
+    cols = list(dict.fromkeys(summary["column"]))
+    head = ["row"] + [f"{c}: ours | vs Naive, 95% CI | paper" for c in cols]
     lines = []
     for (method, steps), grp in summary.groupby(["method", "steps"], sort=False):
         cells = [row_label(method, int(steps), rate)]
-        for f in fractions:
-            r = grp[grp["fraction"] == f]
-            ours = _fmt(*r[["mean", "std"]].iloc[0]) if len(r) else "-"
-            cells.append(f"{ours} | {paper_cell(paper, method, steps, f)}")
+        for c in cols:
+            r = grp[grp["column"] == c]
+            ours = fmt(*r[["mean", "std"]].iloc[0]) if len(r) else "-"
+            cells.append(f"{ours} | {diff_cell(r.iloc[0]) if len(r) else '-'} | {paper_cell(paper, method, steps, c)}")
         lines.append(cells)
     widths = [max(len(str(c[i])) for c in [head] + lines) for i in range(len(head))]
     buf = io.StringIO()
@@ -90,10 +110,11 @@ def side_by_side(summary: pd.DataFrame, paper: pd.DataFrame | None, rate: float 
     return buf.getvalue()
 
 
-def paper_cell(paper: pd.DataFrame | None, method: str, steps: int, fraction: float) -> str:
-    if paper is None:
+def paper_cell(paper: pd.DataFrame | None, method: str, steps: int, column: str) -> str:
+    """The paper's 'mean±std' for a row and column, '?' when unknown or absent."""
+    if paper is None or "column" not in paper:
         return "?"
-    match = paper[(paper["method"] == method) & (paper["fraction"].astype(float) == float(fraction))]
+    match = paper[(paper["method"] == method) & (paper["column"] == str(column))]
     exact = match[match["steps"] == str(int(steps))]
     r = exact if len(exact) else match[match["steps"] == "?"]
     if not len(r) or r["mean"].iloc[0] == "?":

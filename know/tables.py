@@ -21,9 +21,10 @@ from know.experiment import (Row, cost_units, forget_unit, landscape_unit, pretr
                              upstream_unit)
 from know.jobs import Runner, git_commit
 from know.landscape import EVAL_FIELDS
-from know.plots import plot_cost, plot_forgetting, plot_landscape, plot_transfer_table
+from know.plots import plot_cost, plot_differences, plot_forgetting, plot_landscape, plot_transfer_table
 from know.report import read_paper_csv, render_cost
-from know.results import read_paper, read_results, side_by_side, summarize, write_results
+from know.results import METRICS, read_paper, read_results, row_label, side_by_side, summarize, write_results
+from know.stats import sentence
 
 
 def run_table(name: str, rows: list[Row], cfg: ExperimentCfg, runner: Runner, results_dir: Path,
@@ -44,12 +45,17 @@ def run_table(name: str, rows: list[Row], cfg: ExperimentCfg, runner: Runner, re
     csv = Path(results_dir) / f"{name}_{cfg.profile}.csv"
     write_results(records, csv, provenance(name, cfg, runner, t0, seeds=sorted({r["seed"] for r in records}),
                                            rows=[asdict(r) for r in rows]))
-    fig = plot_transfer_table(csv, Path(figures_dir) / f"{name}_{cfg.profile}.png")
+    figs = [plot_transfer_table(csv, Path(figures_dir) / f"{name}_{cfg.profile}.png"),
+            plot_differences(csv, Path(figures_dir) / f"{name}_{cfg.profile}_vs_naive.png")]
     paper = read_paper(paper_csv) if paper_csv and Path(paper_csv).exists() else None
-    print(f"\n{name} ({cfg.profile}): final test accuracy %, mean ± std over {cfg.trials} trials; paper's in the "
-          f"right half of each cell ('?' = unknown)\n")
-    print(side_by_side(summarize(read_results(csv)[0]), paper, cfg.forget.rate))
-    return [csv, csv.with_suffix(".meta.json"), fig]
+    metric = METRICS.get(records[0]["metric"], records[0]["metric"])
+    print(f"\n{name} ({cfg.profile}): test {metric} (points), mean ± std over {cfg.trials} trials | paired difference "
+          f"from Naive with its 95 % t interval and verdict | the paper's ('?' = unknown)\n")
+    summary = summarize(read_results(csv)[0])
+    print(side_by_side(summary, paper, cfg.forget.rate))
+    for _, r in summary[summary["method"] != "naive"].iterrows():
+        print(sentence(row_label(r["method"], int(r["steps"]), cfg.forget.rate), r, r["column"], cfg.profile))
+    return [csv, csv.with_suffix(".meta.json"), *figs]
 
 
 def table_main(name: str, rows: list[Row], paper_csv: str | None = None, fixed: dict | None = None,

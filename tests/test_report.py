@@ -8,8 +8,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _table1(results: Path) -> None:
-    rows = [{"method": m, "steps": s, "fraction": f, "trial": t, "score": acc + 0.001 * t, "final": acc + 0.001 * t,
-             "unit_wall_s": 60.0}
+    rows = [{"method": m, "steps": s, "column": f"{f:.0%}", "fraction": f, "trial": t, "metric": "acc",
+             "score": acc + 0.001 * t + (0.002 * t if m != "naive" else 0), "final": acc, "unit_wall_s": 60.0}
             for m, s, acc in (("naive", 0, 0.90), ("known_official", 3, 0.91)) for f in (1.0, 0.25) for t in (0, 1)]
     write_results(rows, results / "table1_cpu.csv",
                   {"table": "table1", "profile": "cpu", "commit": "abc1234", "command": "table1.py --profile cpu",
@@ -50,7 +50,11 @@ def test_report_paper_beside_ours(tmp_path):
     naive = next(ln for ln in t_a.splitlines() if ln.startswith("| Naive"))
     assert "90.05±0.07 (n=2)" in naive and "92.40" in naive and naive.rstrip(" |").endswith("?")  # paper 25 %: '?'
     known = next(ln for ln in t_a.splitlines() if ln.startswith("| KNOWN (official) ×8"))
-    assert "91.05±0.07 (n=2)" in known and "93.55±0.05" in known and "92.92±0.15" in known
+    assert "91.15±0.21 (n=2)" in known and "93.55±0.05" in known and "92.92±0.15" in known
+    # paired differences 1.0 and 1.2 points: mean 1.1, sd 0.141, t(0.975, 1) = 12.706: CI 1.1 ± 1.27
+    assert "+1.10 [-0.17, +2.37] no detectable difference" in known
+    assert ("In the cpu analog, KNOWN (official) ×8 is not detectably different from Naive (+1.10 points) at "
+            "100%, 95 % CI [-0.17, +2.37] (n = 2, MDE") in t_a
     assert "![table1_cpu](../figures/table1_cpu.png)" in t_a and "fashion_mnist" in t_a
     t_g = text[text.index("## T-G"):]
     assert "3.01±0.09" in t_g and "2.67e-7" in t_g and "2.1" in t_g and "1.875" in t_g and "0.300" in t_g

@@ -3,7 +3,7 @@
 Registered: `simplenet` (the meta-dataset CNN), `resnet18_know` (the paper's ResNet-18 variant, `width` multiplier),
 `debugnet` (tiny, for tests) and any timm model as `timm:<name>`.
 """
-from know.models import debugnet, resnet_know, simplenet  # noqa: F401  (registers the builders)
+from know.models import debugnet, resnet_know, segmentation, simplenet  # noqa: F401  (registers the builders)
 from know.models.heads import get_head, replace_head
 from know.models.registry import create_model, list_models, register
 

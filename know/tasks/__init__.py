@@ -2,6 +2,7 @@
 
   classification          T-A, T-B: a new head, the paper's probe + fine-tune phases (`classification.py`)
   domain_generalization   T-C: leave one domain out, DomainBed's training-domain validation (`domains.py`)
+  segmentation            T-D: DeepLabV3+ with a new pixel classifier, mIoU (`segmentation.py`)
 A new table of a known kind is a grid declaration (reproduce/); a new kind of task is one module here plus its
 entry in `TASKS`.
 """
@@ -18,11 +19,13 @@ from know.errors import UnknownName
 from know.tasks.base import Task
 from know.tasks.classification import Classification
 from know.tasks.domains import DomainGeneralization
+from know.tasks.segmentation import Segmentation, evaluate_miou, seg_loss
 from know.train import evaluate
 
 TASKS: dict[str, type[Task]] = {
     "classification": Classification,
     "domain_generalization": DomainGeneralization,
+    "segmentation": Segmentation,
 }
 
 
@@ -37,6 +40,7 @@ class Objective:
 
 OBJECTIVES: dict[str, Objective] = {
     "classification": Objective(F.cross_entropy, evaluate, "acc"),
+    "segmentation": Objective(seg_loss, evaluate_miou, "miou"),
 }
 
 
