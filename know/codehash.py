@@ -105,6 +105,12 @@ def closure(module: str, root: Path | None = None) -> list[Path]:
 
 def _normalised(path: Path) -> bytes:
     """Python: its syntax tree without docstrings; anything else: its bytes."""
+    stat = path.stat()
+    return _normalised_version(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=None)
+def _normalised_version(path: Path, mtime_ns: int, size: int) -> bytes:
     if path.suffix != ".py":
         return path.read_bytes()
     tree = ast.parse(path.read_text(), filename=str(path))

@@ -47,6 +47,7 @@ class ForgetCfg:
     eval_images: int | None = None  # our choice: test images per accuracy check (None: the whole test split)
     limit_steps: int | None = None  # rehearsal only: optimizer steps per session and batches per evaluation
     amp: bool = True  # bf16 autocast on CUDA (no effect on a CPU)
+    compile: bool = False  # torch.compile the model (speed only)
     eval_batch_size: int = 1024  # speed only
 
 
@@ -128,6 +129,9 @@ class TransferCfg:
     optimizer: str = "adam"  # §4 (sgd: momentum 0.9)
     weight_decay: float = 0.0  # §4: none
     augment: bool = True  # §4: the same augmentation as upstream
+    size: int | None = None  # input side (None: the upstream model's img_size, which travels with its weights)
+    native_size: bool = False  # keep the dataset's own size (non-square sets on size-agnostic models)
+    store_size: int | None = None  # keep images at this side in memory and resize each batch to `size` (CIFAR -> 224)
     max_images: int | None = None  # our choice: downstream train images (a fixed seeded subset; None: all)
     val_images: int = 0  # our choice: images carved from the train split for validation (fixed; 0: none)
     select: str = "last"  # the epoch a table reports: "last", or "best_val" (best validation metric)
@@ -137,6 +141,7 @@ class TransferCfg:
     early_stop: int = 0  # stop a phase after this many epochs without a better validation metric (0: never)
     limit_steps: int | None = None  # rehearsal only: optimizer steps per phase and batches per evaluation
     amp: bool = True  # bf16 autocast on CUDA (no effect on a CPU)
+    compile: bool = False  # torch.compile the model (speed only)
     device: str = "auto"
     eval_batch_size: int = 1024  # speed only
 
@@ -205,7 +210,7 @@ class ExperimentCfg:
     (T-B: downstream datasets, `datasets`) or "domain" (T-C: the held-out domain, `domains`); `per_column` adds
     transfer settings for one column ({"digits": {"max_images": 1000}}). `limit_steps` / `limit_batch` cap every
     phase's optimizer steps and every batch size (the full-size rehearsal of the paper path; never for results).
-    `amp` (bf16 autocast) and `compile` (torch.compile) act on CUDA only."""
+    `amp` (bf16 autocast) acts on CUDA only; `compile` (torch.compile) anywhere it is set."""
 
     profile: str = "paper"
     trials: int = 5  # downstream fine-tuning trials per row (paper: 5, mean ± std)
@@ -218,6 +223,7 @@ class ExperimentCfg:
     data_root: str | None = None
     device: str = "auto"  # auto: cuda when available
     amp: bool = True  # bf16 autocast on CUDA (no effect on a CPU)
+    compile: bool = False  # torch.compile the trained models (pre-training, sessions, transfer)
     limit_steps: int | None = None  # rehearsal: optimizer steps per phase, batches per evaluation
     limit_batch: int | None = None  # rehearsal: the largest batch of any stage
     forget: ForgetCfg = field(default_factory=ForgetCfg)

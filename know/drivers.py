@@ -1,10 +1,11 @@
 """The one command line of every reproduce script (tables and figures).
 
-`script_main(name, run, fixed=None)`: options `--profile`, `--executor`, `--results-dir`, `--figures-dir`,
-`--cache-dir`, `--data-root`, `--trials`, `--parallel`, plus `--section.field=value` overrides of any field of the
-experiment config (`know/config.py`; the profiles live in `know/profiles.py`). `fixed` holds overrides the script itself declares
-(e.g. one data fraction); the command line still wins. `run(cfg, runner, results_dir, figures_dir)` does the work
-through cached units and returns the files it wrote.
+`script_main(script, fixed=None)`: options `--profile`, `--executor`, `--results-dir`, `--figures-dir`,
+`--cache-dir`, `--data-root`, `--trials`, `--parallel`, `--dry-run`, `--limit-steps`, `--limit-batch`, plus
+`--section.field=value` overrides of any field of the experiment config (`know/config.py`; the profiles live in
+`know/profiles.py`). `fixed` holds overrides the script itself declares (e.g. one data fraction); the command line
+still wins. A `Script` names its units (for `--dry-run`) and its `run(cfg, runner, results_dir, figures_dir)`, which
+does the work through cached units and returns the files it wrote.
 """
 from __future__ import annotations
 
@@ -12,17 +13,27 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from know.config import ExperimentCfg, parse_overrides
 from know.errors import KnowError
-from know.jobs import Runner, command_line, git_commit, resolve_executor
 from know.io import require_writable
-from know.profiles import default_profile, make_config
+from know.jobs import Runner, Unit, command_line, git_commit, resolve_executor
+from know.plan import render
+from know.profiles import choose_profile, make_config
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Script:
+    """A reproduce script: its name (the result CSV's stem), its units and how it runs and writes them."""
+
+    name: str
+    units: Callable[[ExperimentCfg], list[Unit]]
+    run: Callable[[ExperimentCfg, Runner, Path, Path], list[Path]]
 
 
 def default_cache() -> Path:
@@ -42,7 +53,8 @@ def build_parser(name: str) -> argparse.ArgumentParser:
         epilog="Any config field can be overridden as --section.field=value, e.g. --forget.lr=3e-4 "
                "--transfer.finetune_epochs=20 --slurm.partition=gpu (see know/profiles.py for the profiles).")
     p.add_argument("--profile", choices=["smoke", "cpu", "paper"], default=None,
-                   help="default: paper where a GPU or Slurm is present, else cpu")
+                   help="default: paper where a GPU can be had (CUDA here or a Slurm partition with GPU gres), "
+                        "else cpu")
     p.add_argument("--executor", default="auto", choices=["auto", "slurm", "local", "debug"],
                    help="auto: slurm when sbatch is on PATH, else local processes; debug: in-process")
     p.add_argument("--results-dir", default=str(REPO / "results"))
@@ -51,27 +63,38 @@ def build_parser(name: str) -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="datasets (default: $KNOW_DATA or ~/.cache/know/data)")
     p.add_argument("--trials", type=int, default=None, help="downstream trials per row (default: the profile's)")
     p.add_argument("--parallel", type=int, default=None, help="local executor: concurrent jobs (default: cores)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config, the units per stage (total / cached / to run), the Slurm "
+                        "resources and a compute estimate; run and write nothing")
+    p.add_argument("--limit-steps", type=int, default=None,
+                   help="rehearsal: at most N optimizer steps per phase and N batches per evaluation (the results "
+                        "are meaningless; the point is that every stage runs)")
+    p.add_argument("--limit-batch", type=int, default=None, help="rehearsal: cap every batch size at B")
     return p
 
 
-def script_main(name: str, run: Callable, fixed: dict | None = None, argv: list[str] | None = None) -> int:
-    """Parse the command line, build the config and the runner, call `run`; KnowError -> one line, exit 1."""
+def script_main(script: Script, fixed: dict | None = None, argv: list[str] | None = None) -> int:
+    """Parse the command line, build the config and the runner, run the script; KnowError -> one line, exit 1."""
+    name = script.name
     args, extra = build_parser(name).parse_known_args(sys.argv[1:] if argv is None else argv)
     try:
         overrides = {**(fixed or {}), **parse_overrides(extra)}
-        for key in ("data_root", "trials"):
+        for key in ("data_root", "trials", "limit_steps", "limit_batch"):
             if getattr(args, key) is not None:
                 overrides[key] = getattr(args, key)
-        cfg = make_config(args.profile or default_profile(), overrides)
+        profile, why = (args.profile, "--profile") if args.profile else choose_profile()
+        cfg = make_config(profile, overrides, table=name)
         executor = resolve_executor(args.executor)
-        print(f"[{name}] profile={cfg.profile} executor={executor} trials={cfg.trials} "
-              f"fractions={list(cfg.fractions)}", flush=True)
+        cache = Path(args.cache_dir) if args.cache_dir else default_cache()
+        print(f"[{name}] profile={cfg.profile} ({why}) executor={executor} trials={cfg.trials}", flush=True)
+        if args.dry_run:
+            print(render(name, cfg, script.units(cfg), cache, executor))
+            return 0
         results_dir = Path(args.results_dir)
         require_writable(results_dir, "results directory", "pass --results-dir DIR")
         figures_dir = Path(args.figures_dir) if args.figures_dir else results_dir.parent / "figures"
-        runner = Runner(Path(args.cache_dir) if args.cache_dir else default_cache(), executor=executor,
-                        parallel=args.parallel or (os.cpu_count() or 1), slurm=cfg.slurm)
-        for path in run(cfg, runner, results_dir, figures_dir):
+        runner = Runner(cache, executor=executor, parallel=args.parallel or (os.cpu_count() or 1), slurm=cfg.slurm)
+        for path in script.run(cfg, runner, results_dir, figures_dir):
             print(f"wrote {path}")
     except KnowError as e:
         print(f"{name}: error: {e}", file=sys.stderr)

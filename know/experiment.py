@@ -88,7 +88,8 @@ def columns(cfg: ExperimentCfg) -> list[Column]:
 
 def _limits(cfg: ExperimentCfg, section) -> dict:
     """The experiment-wide settings every stage config takes: where data lives, the device, the rehearsal caps."""
-    shared = {"data_root": cfg.data_root, "device": cfg.device, "amp": cfg.amp, "limit_steps": cfg.limit_steps}
+    shared = {"data_root": cfg.data_root, "device": cfg.device, "amp": cfg.amp, "compile": cfg.compile,
+              "limit_steps": cfg.limit_steps}
     out = {k: v for k, v in shared.items() if hasattr(section, k)}
     if cfg.limit_batch and hasattr(section, "batch_size"):
         out["batch_size"] = min(section.batch_size, cfg.limit_batch)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from know import kernels
+from know.device import full_fp32
 from know.errors import KnowError, UnknownName
 from know.known import LEAKY_SLOPE
 
@@ -139,6 +140,10 @@ class FastKNOWN:
         return self._dev[key]
 
     def _torch_rows(self, rows: Sequence[Tensor], add_last: bool) -> Tensor:
+        with full_fp32():  # fp32 on CUDA too (no TF32): the agreement with Keras is 2e-6
+            return self._torch_rows_fp32(rows, add_last)
+
+    def _torch_rows_fp32(self, rows: Sequence[Tensor], add_last: bool) -> Tensor:
         dev = rows[0].device
         t, n = self._on(dev), rows[0].numel()
         out = torch.empty(n, dtype=torch.float32, device=dev)

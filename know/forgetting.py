@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from know.config import CollectCfg, ForgetCfg, override, parse_overrides
 from know import datasets
 from know.data import Augment, ImageSet, get_dataset, nested_subsets, train_split
-from know.device import fast_layout, resolve_device
+from know.device import compiled, fast_layout, resolve_device
 from know.errors import KnowError
 from know.io import atomic_save, read_checkpoint, require_writable
 from know.stack import Stack, evaluate_stacked, stackable, train_epoch_stacked
@@ -103,12 +103,13 @@ def build_model(cfg: ForgetCfg, train: ImageSet) -> nn.Module:
 
 def _train_epoch(cfg: ForgetCfg, model: nn.Module, train: ImageSet, idx: Tensor, opt, gen, aug, desc) -> float:
     """One epoch of the upstream objective (at most `limit_steps` steps)."""
-    return train_epoch(model, train, idx, opt, cfg.batch_size, gen, aug, desc, objective(cfg.task).loss,
-                       cfg.limit_steps, cfg.amp)
+    return train_epoch(compiled(model, cfg.compile), train, idx, opt, cfg.batch_size, gen, aug, desc,
+                       objective(cfg.task).loss, cfg.limit_steps, cfg.amp)
 
 
 def _evaluate(cfg: ForgetCfg, model: nn.Module, test: ImageSet) -> float:
-    return objective(cfg.task).evaluate(model, test, cfg.eval_batch_size, cfg.limit_steps, cfg.amp)
+    return objective(cfg.task).evaluate(compiled(model, cfg.compile), test, cfg.eval_batch_size, cfg.limit_steps,
+                                        cfg.amp)
 
 
 def fingerprint(cfg: ForgetCfg, *extra) -> int:

@@ -333,6 +333,14 @@ class Runner:
         return max(1, (os.cpu_count() or 1) // max(1, self.parallel))
 
     def _submit(self, units: list[Unit]) -> list:
+        try:
+            return self._submit_jobs(units)
+        except Exception as e:
+            if self.executor != "slurm" or "sbatch" not in str(e):
+                raise
+            raise KnowError(slurm_refusal(str(e))) from None
+
+    def _submit_jobs(self, units: list[Unit]) -> list:
         ex = self._executor()
         args = [(u.stage, u.fn, _jsonable(u.cfg), str(u.dir(self.cache)),
                  {k: str(d.dir(self.cache)) for k, d in u.deps.items()}, self._threads()) for u in units]
@@ -401,6 +409,20 @@ class Runner:
 
 
 JOB_RECORD = "job.json"  # in a unit's folder: the last job submitted for it
+
+# what an sbatch refusal says -> the option that sets it
+_REFUSALS = (("gres", "--slurm.gpus_per_node (a cluster without GPUs: --slurm.gpus_per_node=0, or --profile cpu)"),
+             ("partition", "--slurm.partition"), ("account", "--slurm.account"), ("qos", "--slurm.qos"),
+             ("time limit", "--slurm.timeout_min"), ("feature", "--slurm.constraint"),
+             ("constraint", "--slurm.constraint"), ("memory", "--slurm.mem_gb"), ("cpu", "--slurm.cpus_per_task"))
+
+
+def slurm_refusal(text: str) -> str:
+    """One line for a submission Slurm refused: its own words and the --slurm.* option to change."""
+    said = next((ln.strip() for ln in text.splitlines() if "sbatch: error" in ln), text.strip().splitlines()[-1])
+    said = said[said.index("sbatch: error"):] if "sbatch: error" in said else said
+    option = next((opt for key, opt in _REFUSALS if key in said.lower()), "the --slurm.* options")
+    return f"Slurm refused the job array ({said}); change {option}"
 
 
 def slurm_parameters(s: SlurmCfg) -> dict:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from know.io import atomic_write  # noqa: E402
-from know.results import METRICS, read_results, row_label, summarize  # noqa: E402
+from know.results import METRICS, averaged, read_results, row_label, summarize  # noqa: E402
 
 PALETTE = {"naive": "#7f7f7f", "taskvector": "#9ecae1", "logfit": "#6baed6", "tsv": "#3182bd",
            "known_official": "#e6550d", "known_ours": "#31a354", "wnn": "#756bb1"}
@@ -41,7 +41,7 @@ def _row_panels(summary: pd.DataFrame, rate: float):
 def plot_transfer_table(csv_path: Path, out: Path, title: str | None = None) -> Path:
     """One panel per column: mean ± std of the reported metric per row, Naive as a dashed reference line."""
     df, meta = read_results(csv_path)
-    summary, rate = summarize(df), float(meta.get("rate", 0.5))
+    summary, rate = summarize(df, average=averaged(meta)), float(meta.get("rate", 0.5))
     rows, cols, fig, axes = _row_panels(summary, rate)
     metric = METRICS.get(df["metric"].iloc[0], df["metric"].iloc[0]) if "metric" in df else "accuracy"
     for ax, c in zip(axes, cols):
@@ -66,7 +66,7 @@ def plot_differences(csv_path: Path, out: Path) -> Path:
     """One panel per column: each row's mean paired difference from Naive (points) with its 95 % t interval, the
     zero line, and the minimum detectable effect (shaded): the table's answer at a glance."""
     df, meta = read_results(csv_path)
-    summary, rate = summarize(df), float(meta.get("rate", 0.5))
+    summary, rate = summarize(df, average=averaged(meta)), float(meta.get("rate", 0.5))
     summary = summary[summary["method"] != "naive"]
     if summary.empty:  # a table of Naive alone has no difference to draw
         fig, ax = plt.subplots(figsize=(4, 1))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from know.io import atomic_write_text
-from know.results import METRICS, diff_cell, paper_cell, read_results, row_label, summarize
+from know.results import METRICS, averaged, diff_cell, paper_cell, read_results, row_label, summarize
 from know.stats import sentence
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,7 +116,7 @@ def duration(seconds) -> str:
 def render_transfer(df: pd.DataFrame, meta: dict, paper: pd.DataFrame | None) -> str:
     """Rows method × steps; per column: ours (mean ± std, n), the paired difference from Naive with its 95 % t
     interval and verdict, and the paper's cell; then σ_d and the MDE per row, and one sentence per row."""
-    summary, rate = summarize(df), float(meta.get("rate", 0.5))
+    summary, rate = summarize(df, average=averaged(meta)), float(meta.get("rate", 0.5))
     cols = list(dict.fromkeys(summary["column"]))
     head = ["row"] + [h for c in cols for h in (f"{c} ours", f"{c} vs Naive [95% CI]", f"{c} paper")]
     rows, power = [], []

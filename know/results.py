@@ -55,9 +55,25 @@ def column_order(df: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(df["column"]))
 
 
-def summarize(df: pd.DataFrame, value: str = "score") -> pd.DataFrame:
+def with_average(df: pd.DataFrame, value: str = "score") -> pd.DataFrame:
+    """`df` plus a column "avg": per row and trial, the mean of `value` over the table's columns (T-C reports the
+    average over held-out domains); paired statistics on it pair the trials' averages."""
+    avg = df.groupby(["method", "steps", "trial"], sort=False)[value].mean().reset_index()
+    avg["column"] = "avg"
+    return pd.concat([df, avg], ignore_index=True)
+
+
+def averaged(meta: dict) -> bool:
+    """Whether a table reports the average over its columns (held-out domains)."""
+    return (meta.get("config") or {}).get("axis") == "domain"
+
+
+def summarize(df: pd.DataFrame, value: str = "score", average: bool = False) -> pd.DataFrame:
     """Mean, std (ddof=1) and count of `value` (in points) per (method, steps, column), joined with the paired
-    statistics against Naive (`know.stats.paired_vs_naive`), in row order of appearance."""
+    statistics against Naive (`know.stats.paired_vs_naive`), in row order of appearance; `average` adds the "avg"
+    column (`with_average`)."""
+    if average:
+        df = with_average(df, value)
     order = list(dict.fromkeys(zip(df["method"], df["steps"])))
     g = df.groupby(["method", "steps", "column"], sort=False)[value]
     out = g.agg(["mean", "std", "count"]).reset_index()

@@ -16,7 +16,7 @@ import pandas as pd
 
 from know.config import CostCfg, ExperimentCfg, LandscapeCfg
 from know.cost import hardware_id, overhead_row
-from know.drivers import REPO, provenance, script_main
+from know.drivers import REPO, Script, provenance, script_main
 from know.experiment import (Row, cost_units, forget_unit, landscape_unit, pretrain_unit, transfer_units,
                              upstream_unit)
 from know.jobs import Runner, git_commit
@@ -51,7 +51,7 @@ def run_table(name: str, rows: list[Row], cfg: ExperimentCfg, runner: Runner, re
     metric = METRICS.get(records[0]["metric"], records[0]["metric"])
     print(f"\n{name} ({cfg.profile}): test {metric} (points), mean ± std over {cfg.trials} trials | paired difference "
           f"from Naive with its 95 % t interval and verdict | the paper's ('?' = unknown)\n")
-    summary = summarize(read_results(csv)[0])
+    summary = summarize(read_results(csv)[0], average=cfg.axis == "domain")
     print(side_by_side(summary, paper, cfg.forget.rate))
     for _, r in summary[summary["method"] != "naive"].iterrows():
         print(sentence(row_label(r["method"], int(r["steps"]), cfg.forget.rate), r, r["column"], cfg.profile))
@@ -65,8 +65,10 @@ def table_main(name: str, rows: list[Row], paper_csv: str | None = None, fixed: 
     `fixed`: config overrides the table itself declares (e.g. {"fractions": (1.0,)}); the command line still wins.
     """
     paper = REPO / paper_csv if paper_csv else None
-    return script_main(name, lambda cfg, runner, results_dir, figures_dir: run_table(
-        name, rows, cfg, runner, results_dir, figures_dir, paper), fixed=fixed, argv=argv)
+    script = Script(name, lambda cfg: [u for _, u in transfer_units(cfg, rows)],
+                    lambda cfg, runner, results_dir, figures_dir: run_table(name, rows, cfg, runner, results_dir,
+                                                                            figures_dir, paper))
+    return script_main(script, fixed=fixed, argv=argv)
 
 
 def figure_landscape(cfg, runner, results_dir: Path, figures_dir: Path) -> list[Path]:
@@ -131,3 +133,10 @@ def cost_table(cfg, runner, results_dir: Path, figures_dir: Path) -> list[Path]:
     print(render_cost(pd.read_csv(csv), read_paper_csv(REPO / "paper" / "table_cost.csv"), markdown=False))
     print(f"official Keras KNOWN: {keras}")
     return [csv, csv.with_suffix(".meta.json"), fig]
+
+
+FIGURE_LANDSCAPE = Script("figure_landscape", lambda cfg: [landscape_unit(cfg, cfg.landscape)], figure_landscape)
+FIGURE_FORGETTING = Script("figure_forgetting", lambda cfg: [upstream_unit(cfg, cfg.landscape, f)
+                                                             for f in cfg.fractions], figure_forgetting)
+TABLE_COST = Script("table_cost", lambda cfg: [pretrain_unit(cfg, cfg.cost.fraction), forget_unit(cfg, cfg.cost.fraction),
+                                               *cost_units(cfg.cost)], cost_table)

@@ -9,7 +9,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from know.drivers import script_main  # noqa: E402
-from know.tables import figure_landscape  # noqa: E402
+from know.tables import FIGURE_LANDSCAPE  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(script_main("figure_landscape", figure_landscape))
+    raise SystemExit(script_main(FIGURE_LANDSCAPE))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from know.tables import cost_table  # noqa: E402
 from know.drivers import script_main  # noqa: E402
+from know.tables import TABLE_COST  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(script_main("table_cost", cost_table))
+    raise SystemExit(script_main(TABLE_COST))

@@ -94,7 +94,7 @@ def test_styles_domains_and_photo():
     x, y = raw("fashion_mnist", "test")
     n = len(y)
     assert s.images.shape == (4 * n, 1, 28, 28) and s.images.dtype == torch.uint8
-    assert s.domain_names == ["photo", "sketch", "cartoon", "art"] and s.classes == A.FASHION_CLASSES
+    assert s.domain_names == ["photo", "sketch", "cartoon", "art_painting"] and s.classes == A.FASHION_CLASSES
     assert torch.bincount(s.domains).tolist() == [n] * 4 and s.domains.dtype == torch.int64
     assert torch.equal(s.labels, y.repeat(4)) and 0 <= int(s.labels.min()) and int(s.labels.max()) == 9
     assert torch.equal(s.images[:n], x)  # photo = the t10k image itself

@@ -26,7 +26,7 @@ FORGET = ForgetCfg(task="segmentation", dataset="canvas_source", model="deeplabv
                    sessions=2, pretrain_epochs=1, epochs_per_session=1, batch_size=8, max_images=64, limit_steps=2,
                    eval_images=16, eval_batch_size=16, augment=False, device="cpu")
 TRANSFER = TransferCfg(task="segmentation", dataset="canvas_target", probe_epochs=1, finetune_epochs=2, batch_size=8,
-                       max_images=32, val_images=8, eval_images=16, eval_batch_size=16, limit_steps=2, device="cpu")
+                       max_images=8, val_images=8, eval_images=8, eval_batch_size=8, limit_steps=2, device="cpu")
 
 
 def n_params(model) -> int:
@@ -55,7 +55,7 @@ def test_miou_known_answers():
     # one confusion matrix over the set, not a mean of per-image scores, whatever the batch size
     pred, target = [[[0, 0]], [[1, 1]]], [[[0, 1]], [[1, 1]]]  # class 0: 1/2, class 1: 2/3; per image: 0.5 and 1
     assert miou(pred, target, batch_size=1) == miou(pred, target) == pytest.approx((1 / 2 + 2 / 3) / 2)
-    assert miou(pred, target, batch_size=1, max_batches=1) == pytest.approx(1 / 2)  # first image: class 1 is FN only
+    assert miou(pred, target, batch_size=1, max_batches=1) == pytest.approx((1 / 2 + 0) / 2)  # first image only
 
 
 def test_miou_restores_the_mode():
@@ -88,11 +88,13 @@ def test_builder_leads_and_parameter_kinds():
     assert n_params(cpu) == 847_451  # ~0.85 M (timm's stem_width leaves the plain 7x7 stem at 64 channels)
     assert cpu(torch.zeros(2, 3, 64, 64)).shape == (2, 11, 64, 64)
     assert set(param_kinds(cpu).values()) == {"conv", "bias", "norm"}  # conv kernels, the head's bias, BN
-    paper = create_model("deeplabv3plus", 21, 3, 512, **PAPER_LEAD)
+    with torch.device("meta"):  # structure and size only: no 39 M-parameter init
+        paper = create_model("deeplabv3plus", 21, 3, 512, **PAPER_LEAD)
     aspp = paper.decoder.aspp[0]
     assert [aspp.convs[i][0].dilation for i in (1, 2, 3)] == [(6, 6), (12, 12), (18, 18)]
     assert aspp.convs[1][0].groups == 1  # plain, not separable
     assert paper.decoder.block1[0].out_channels == 48 and paper.encoder.output_stride == 16
+    assert paper.decoder.aspp[0].project[3].p == 0.0  # KerasCV's ASPP has no dropout (smp's default: 0.5)
     assert get_segmentation_head(paper)[1].out_channels == 21 and 39e6 < n_params(paper) < 39.5e6
     with pytest.raises(KnowError, match="never downloads"):
         create_model("deeplabv3plus", 11, encoder_weights="imagenet")
@@ -122,13 +124,14 @@ def test_head_replacement_keeps_the_rest():
 def test_joint_flip_moves_image_and_mask_together():
     x = torch.arange(4 * 3 * 2 * 5, dtype=torch.float32).view(4, 3, 2, 5)
     y = torch.arange(4 * 2 * 5).view(4, 2, 5).to(torch.uint8)
-    fx, fy = seg.JointFlip()(x, y, torch.Generator().manual_seed(3))
-    flipped = torch.tensor([not torch.equal(a, b) for a, b in zip(fx, x)])
-    assert 0 < flipped.sum() < 4  # seed 3 flips some, not all
+    fx, fy = seg.JointFlip()(x, y, torch.Generator().manual_seed(1))
+    flipped = torch.tensor([not torch.equal(a, b) for a, b in zip(fx, x, strict=True)])
+    assert flipped.tolist() == (torch.rand(4, generator=torch.Generator().manual_seed(1)) < 0.5).tolist()
+    assert 0 < flipped.sum() < 4  # seed 1 flips some, not all
     for i in range(4):
         assert torch.equal(fx[i], x[i].flip(-1) if flipped[i] else x[i])
         assert torch.equal(fy[i], y[i].flip(-1) if flipped[i] else y[i])
-    again = seg.JointFlip()(x, y, torch.Generator().manual_seed(3))
+    again = seg.JointFlip()(x, y, torch.Generator().manual_seed(1))
     assert torch.equal(again[0], fx) and torch.equal(again[1], fy)
 
 
@@ -175,6 +178,8 @@ def test_upstream_trajectory_reports_miou(trajectory):
     assert meta["metric"] == "miou" and meta["num_classes"] == 11 and meta["img_size"] == 32
     assert trajectory.num_sessions == 2 and all(0 <= m <= 1 for m in meta["test_metric"])
     assert trajectory.kinds["segmentation_head.0.weight"] == "conv"
+    again = pretrain(FORGET, progress=False)  # no dropout draws from the unseeded global RNG: reproducible
+    assert all(torch.equal(again[k], v) for k, v in trajectory.theta(0).items())
 
 
 class Interrupt(Exception):
@@ -186,8 +191,8 @@ def test_transfer_probe_finetune_and_resume(trajectory, tmp_path, monkeypatch):
     kwargs = dict(TINY, img_size=32)
     ref = run_transfer(TRANSFER, state, "deeplabv3plus", kwargs, seed=0, progress=False)
     assert ref.metric == "miou" and 0 <= ref.final["miou"] <= 1
-    assert [(r["phase"], r["epoch"], r["steps"]) for r in ref.log] == [("probe", 0, 2), ("finetune", 0, 2),
-                                                                       ("finetune", 1, 0)]  # limit_steps per phase
+    assert [(r["phase"], r["epoch"], r["steps"]) for r in ref.log] == [("probe", 0, 1), ("finetune", 0, 1),
+                                                                       ("finetune", 1, 1)]
     assert all(0 <= r["val_miou"] <= 1 for r in ref.log)
     # interrupted after the probe epoch and the first fine-tune epoch, resumed: the same log
     real, calls = seg.train_epoch, {"n": 0}
@@ -203,11 +208,3 @@ def test_transfer_probe_finetune_and_resume(trajectory, tmp_path, monkeypatch):
         run_transfer(TRANSFER, state, "deeplabv3plus", kwargs, seed=0, ckpt_path=ckpt, progress=False)
     monkeypatch.undo()
     assert run_transfer(TRANSFER, state, "deeplabv3plus", kwargs, seed=0, ckpt_path=ckpt, progress=False).log == ref.log
-    # the probe phase trains normalisation layers and the head only
-    probe_only = tmp_path / "probe.pt"
-    run_transfer(replace(TRANSFER, finetune_epochs=0), state, "deeplabv3plus", kwargs, seed=0, ckpt_path=probe_only,
-                 progress=False)
-    after = torch.load(probe_only, weights_only=False)["model"]
-    assert torch.equal(after["encoder.model.conv1.weight"], state["encoder.model.conv1.weight"])
-    assert torch.equal(after["decoder.aspp.0.convs.1.0.weight"], state["decoder.aspp.0.convs.1.0.weight"])
-    assert not torch.equal(after["encoder.model.bn1.weight"], state["encoder.model.bn1.weight"])

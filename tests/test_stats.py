@@ -50,3 +50,18 @@ def test_worse_and_undetectable_rows():
     assert noisy["verdict"] == "no detectable difference" and noisy["ci_low"] < 0 < noisy["ci_high"]
     text = sentence("KNOWN (official) ×8", worse.to_dict(), "100%", "cpu")
     assert text.startswith("In the cpu analog, KNOWN (official) ×8 is 4.80 points worse than Naive at 100%, 95 % CI")
+
+
+def test_average_column_pairs_the_trials_averages():
+    from know.results import summarize
+
+    rows = []
+    for t in range(3):
+        for col, base in (("photo", 0.9), ("sketch", 0.5)):
+            rows.append({"method": "naive", "steps": 0, "column": col, "trial": t, "score": base + 0.01 * t})
+            rows.append({"method": "known_official", "steps": 1, "column": col, "trial": t,
+                         "score": base + 0.01 * t + (0.02 if col == "photo" else 0.0)})
+    s = summarize(pd.DataFrame(rows), average=True).set_index(["method", "column"])
+    assert s.loc[("naive", "avg"), "mean"] == pytest.approx(71.0)
+    assert s.loc[("known_official", "avg"), "diff"] == pytest.approx(1.0)  # (2 + 0) / 2 points in every trial
+    assert s.loc[("known_official", "avg"), "verdict"] == "better"

@@ -31,6 +31,7 @@ class Entry:
     load: Callable[[Path, str], Record]
     splits: tuple[str, ...] = ("train", "test")
     test_split: str = "test"
+    train_size: int = 0  # images of the training split in the standard release: planning only (--dry-run)
 
 
 def download_allowed() -> bool:
@@ -59,30 +60,32 @@ def _cifar(name: str, cls_name: str) -> Callable[[Path, str], Labeled]:
 
 
 DATASETS: dict[str, Entry] = {
-    "cifar10": Entry(_cifar("cifar10", "CIFAR10")),
-    "cifar100": Entry(_cifar("cifar100", "CIFAR100")),
-    "fashion_mnist": Entry(small.load_fashion_mnist),
-    "mnist10k": Entry(small.load_mnist10k),
-    "mnist5k": Entry(small.load_mnist5k),
-    "digits": Entry(small.load_digits),
-    "debug": Entry(small.load_debug),
-    "imagenet": Entry(paper.load_imagenet, ("train", "val"), "val"),
-    "tinyimagenet": Entry(paper.load_tinyimagenet, ("train", "val"), "val"),
-    "stanford_cars": Entry(paper.load_stanford_cars),
-    "cub200": Entry(paper.load_cub200),
-    "flowers102": Entry(paper.load_flowers102, ("train", "val", "test")),
-    "pacs": Entry(paper.load_pacs, ("all",), "all"),
-    "voc": Entry(paper.load_voc, ("train", "val", "trainval"), "val"),
-    "cityscapes": Entry(paper.load_cityscapes, ("train", "val"), "val"),
-    "flickr8k": Entry(paper.load_flickr8k, ("all", "train", "dev", "test"), "all"),
+    "cifar10": Entry(_cifar("cifar10", "CIFAR10"), train_size=50000),
+    "cifar100": Entry(_cifar("cifar100", "CIFAR100"), train_size=50000),
+    "fashion_mnist": Entry(small.load_fashion_mnist, train_size=60000),
+    "mnist10k": Entry(small.load_mnist10k, train_size=8000),
+    "mnist5k": Entry(small.load_mnist5k, train_size=4000),
+    "digits": Entry(small.load_digits, train_size=1438),
+    "debug": Entry(small.load_debug, train_size=256),
+    "imagenet": Entry(paper.load_imagenet, ("train", "val"), "val", train_size=1281167),
+    "tinyimagenet": Entry(paper.load_tinyimagenet, ("train", "val"), "val", train_size=100000),
+    "stanford_cars": Entry(paper.load_stanford_cars, train_size=8144),
+    "cub200": Entry(paper.load_cub200, train_size=5994),
+    "flowers102": Entry(paper.load_flowers102, ("train", "val", "test"), train_size=1020),
+    "pacs": Entry(paper.load_pacs, ("all",), "all", train_size=9991),
+    "voc": Entry(paper.load_voc, ("train", "val", "trainval"), "val", train_size=1464),
+    "cityscapes": Entry(paper.load_cityscapes, ("train", "val"), "val", train_size=2975),
+    "flickr8k": Entry(paper.load_flickr8k, ("all", "train", "dev", "test"), "all", train_size=8091),
     # the cpu profile's offline analogs (analogs.py)
-    "styles": Entry(lambda root, split: analogs.styles_distinct(split, root=root), ("all",), "all"),
-    "two_digit_mnist": Entry(lambda root, split: analogs.two_digit_mnist(split, root=root)),
+    "styles": Entry(lambda root, split: analogs.styles_distinct(split, root=root), ("all",), "all",
+                    train_size=10000),
+    "two_digit_mnist": Entry(lambda root, split: analogs.two_digit_mnist(split, root=root), train_size=8000),
     "canvas_source": Entry(lambda root, split: analogs.segmentation_canvases("source", split, root=root),
-                           ("train", "val", "test")),
+                           ("train", "val", "test"), train_size=4000),
     "canvas_target": Entry(lambda root, split: analogs.segmentation_canvases("target", split, root=root),
-                           ("train", "val", "test")),
-    "caption_canvases": Entry(lambda root, split: analogs.caption_canvases(split, root=root), ("train", "val", "test")),
+                           ("train", "val", "test"), train_size=1000),
+    "caption_canvases": Entry(lambda root, split: analogs.caption_canvases(split, root=root),
+                              ("train", "val", "test"), train_size=6000),
 }
 
 

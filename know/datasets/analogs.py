@@ -33,7 +33,7 @@ SEED = 2026  # every draw of every builder derives from it
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-DOMAINS = ["photo", "sketch", "cartoon", "art"]
+DOMAINS = ["photo", "sketch", "cartoon", "art_painting"]  # PACS's domain names, so tables line up
 Root = str | os.PathLike | None  # data folder: None = know.data.data_root()
 
 
@@ -164,7 +164,7 @@ def art(x: Tensor, rng: np.random.Generator | None = None) -> Tensor:
 
 
 RENDERINGS: dict[str, Callable[[Tensor], Tensor]] = {"photo": photo, "sketch": sketch, "cartoon": cartoon,
-                                                     "art": art}
+                                                     "art_painting": art}
 
 
 def styles(split: str = "all", *, root: Root = None) -> Labeled:

@@ -3,6 +3,7 @@
   classification          T-A, T-B: a new head, the paper's probe + fine-tune phases (`classification.py`)
   domain_generalization   T-C: leave one domain out, DomainBed's training-domain validation (`domains.py`)
   segmentation            T-D: DeepLabV3+ with a new pixel classifier, mIoU (`segmentation.py`)
+  captioning              T-E: frozen upstream encoder under the Keras example's Transformer decoder (`captioning.py`)
 A new table of a known kind is a grid declaration (reproduce/); a new kind of task is one module here plus its
 entry in `TASKS`.
 """
@@ -17,6 +18,7 @@ from torch import Tensor
 from know.config import TransferCfg
 from know.errors import UnknownName
 from know.tasks.base import Task
+from know.tasks.captioning import Captioning
 from know.tasks.classification import Classification
 from know.tasks.domains import DomainGeneralization
 from know.tasks.segmentation import Segmentation, evaluate_miou, seg_loss
@@ -26,6 +28,7 @@ TASKS: dict[str, type[Task]] = {
     "classification": Classification,
     "domain_generalization": DomainGeneralization,
     "segmentation": Segmentation,
+    "captioning": Captioning,
 }
 
 

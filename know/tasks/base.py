@@ -21,6 +21,7 @@ from torch import nn
 
 from know.config import TransferCfg
 from know.data import ImageSet
+from know.device import compiled
 from know.errors import KnowError
 from know.io import atomic_save, read_checkpoint
 from know.train import cpu_state, make_optimizer, seed_from, set_lr
@@ -87,6 +88,7 @@ def fit(task: Task, state: dict[str, torch.Tensor], upstream: dict, ckpt_path: s
         raise KnowError("--transfer.select=best_val needs a validation split: set --transfer.val_images (or a task "
                         "with its own, e.g. domain_generalization)")
     model = task.build(state, upstream, train)
+    net = compiled(model, cfg.compile)  # trains and evaluates; `model` (the same parameters) is what is saved
     fp = seed_from(sorted((k, v) for k, v in vars(cfg).items() if k not in ("device", "data_root", "eval_batch_size")),
                    _checksum(state), sorted(upstream.items()), task.seed, *task.fingerprint())
     ckpt = _resume(ckpt_path, fp)
@@ -115,12 +117,12 @@ def fit(task: Task, state: dict[str, torch.Tensor], upstream: dict, ckpt_path: s
             lr = phase.lr(epoch)
             set_lr(opt, lr)
             gen = torch.Generator().manual_seed(seed_from(task.seed, "transfer", phase.name, epoch))
-            loss, steps = task.train_epoch(model, opt, train, gen, budget)
+            loss, steps = task.train_epoch(net, opt, train, gen, budget)
             budget = None if budget is None else budget - steps
             row = {"phase": phase.name, "epoch": epoch, "lr": lr, "train_loss": loss, "steps": steps,
-                   **{f"test_{k}": v for k, v in task.evaluate(model, test, cfg.limit_steps).items()}}
+                   **{f"test_{k}": v for k, v in task.evaluate(net, test, cfg.limit_steps).items()}}
             if val is not None:
-                row.update({f"val_{k}": v for k, v in task.evaluate(model, val, cfg.limit_steps).items()})
+                row.update({f"val_{k}": v for k, v in task.evaluate(net, val, cfg.limit_steps).items()})
                 vals.append(row[f"val_{task.metric}"])
             log.append(row)
             if progress:

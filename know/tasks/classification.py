@@ -101,8 +101,13 @@ class Classification(Task):
     metric = "acc"
 
     def data_kwargs(self, upstream: dict) -> dict:
-        return dict(root=self.cfg.data_root, channels=upstream["in_chans"], size=upstream["img_size"],
-                    norm=upstream["norm"], device=resolve_device(self.cfg.device))
+        """get_dataset's arguments: the upstream model's channels and normalisation, and its input size (or the
+        task's `size`); `native_size` keeps the dataset's, `store_size` stores small and resizes every batch."""
+        c = self.cfg
+        size = None if c.native_size else (c.size or upstream["img_size"])
+        stored = c.store_size if c.store_size and size else size
+        return dict(root=c.data_root, channels=upstream["in_chans"], size=stored, norm=upstream["norm"],
+                    out_size=size if stored != size else None, device=resolve_device(c.device))
 
     def load(self, upstream: dict) -> tuple[ImageSet, ImageSet | None, ImageSet]:
         kw, name = self.data_kwargs(upstream), self.cfg.dataset

@@ -7,8 +7,10 @@ and the classification task (`know.tasks.classification`) for the rest:
   phase 2 ("finetune", `finetune_epochs`): everything trains with `optimizer`, `finetune_lr`, `schedule` and
           `weight_decay`.
 `probe_epochs=0` gives the KerasCV recipe as one phase (`KERASCV_RECIPE`: SGD with momentum 0.9, cosine from
-0.00175 = 0.007·4/16, weight decay 1e-4, batch 4, gradient norm clipped at 10 per tensor); its cosine decays per
-step over the run, ours per epoch (`know.tasks.base.finetune_lr`).
+0.00175 = 0.007·4/16, weight decay 1e-4, batch 4, gradient norm clipped at 10 per tensor). Two differences remain:
+its cosine decays per step, ours per epoch (`know.tasks.base.finetune_lr`); Keras 3's SGD decays weights directly
+(decoupled), `know.train.make_optimizer` adds the decay to the gradient, where momentum 0.9 makes it about ten times
+stronger at the same value.
 
 Choices (ours, documented; the paper is silent on all of them):
 - Loss (`seg_loss`): pixel cross-entropy averaged over the labelled pixels (255 = ignore, e.g. VOC's object borders,
@@ -19,7 +21,8 @@ Choices (ours, documented; the paper is silent on all of them):
   averaged over the classes that occur in the ground truth or the prediction of that set. A class absent from both
   has no IoU and is left out of the mean (torchmetrics gives it weight 0, whatever `zero_division`): the definition
   of Keras' MeanIoU (the KerasCV guide's metric) and of the VOC / Cityscapes benchmarks, which also count the
-  background class 0. A set without a single labelled pixel scores 0.
+  background class 0 (the guide feeds MeanIoU one-hot masks, so its ignored pixels count as background; ours count
+  for nothing). A set without a single labelled pixel scores 0.
 - Augmentation (`augment=True`): a horizontal flip of each image with probability 1/2, applied to the image and its
   mask alike (KerasCV guide: `RandomFlip`), drawn from the epoch's generator after the batch order (the contract of
   `know.train.train_epoch`, whose `augment(x, gen)` sees images only, hence this task's own epoch loop).
@@ -27,7 +30,7 @@ Choices (ours, documented; the paper is silent on all of them):
   keeps a batch of one image away from the ASPP image-pooling branch, whose BatchNorm then sees one value per
   channel, which PyTorch refuses in training mode.
 - New head: smp's 1x1 conv, Glorot-uniform kernel, zero bias (smp's and Keras' init), seeded by the trial.
-  Normalisation layers run in training mode in phase 1, as in classification; the ASPP dropout is the model's.
+  Normalisation layers run in training mode in phase 1, as in classification.
 - Data: training images are the dataset's "train" split minus `val_images` carved for validation (fixed for every
   trial, `carve`), at most `max_images`; tests are on its `test_split` (VOC and Cityscapes: val), `eval_images` of
   them. Images are adapted to the upstream model's channels, size and normalisation, masks with them (nearest).
@@ -67,7 +70,7 @@ class SegmentationOptions:
     clipnorm: float | None = None
 
     @classmethod
-    def parse(cls, options: dict) -> "SegmentationOptions":
+    def parse(cls, options: dict) -> SegmentationOptions:
         known = [f.name for f in fields(cls)]
         bad = sorted(set(options) - set(known))
         if bad:
@@ -135,31 +138,41 @@ def train_epoch(model: nn.Module, data: ImageSet, idx: Tensor, opt: torch.optim.
     """One epoch over `data[idx]` (shuffled by `gen`, last partial batch dropped); (mean train loss, steps).
 
     `know.train.train_epoch`'s loop with a joint image + mask augmentation: `gen` draws the batch order first, then
-    each batch's flips. `clipnorm` clips each gradient tensor's norm (Keras' clipnorm)."""
+    each batch's flips. Dropout, if the model has any (`deeplabv3plus` has none by default), draws from the global
+    RNG: seeded here from `gen`'s seed and restored afterwards, so an epoch is a function of its generator and a
+    resumed run equals an uninterrupted one.
+    `clipnorm` clips each gradient tensor's norm (Keras' clipnorm)."""
     model.train()
     dev = data.x.device
     idx = idx.to(dev)
     total, seen, steps = torch.zeros((), device=dev), 0, 0
-    for b in batches(len(idx), batch_size, gen, drop_last=True, device=dev):
-        if max_steps is not None and steps == max_steps:
-            break
-        x, y = data.take(idx[b])
-        if flip is not None:
-            x, y = flip(x, y, gen)
-        with autocast(dev, amp):
-            loss = seg_loss(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clipnorm is not None:
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        torch.nn.utils.clip_grad_norm_(p, clipnorm, foreach=True)
-        opt.step()
-        total += loss.detach().float() * len(b)
-        seen += len(b)
-        steps += 1
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed_from(gen.initial_seed(), "dropout"))  # dropout: seeded, gen untouched
+        for b in batches(len(idx), batch_size, gen, drop_last=True, device=dev):
+            if max_steps is not None and steps == max_steps:
+                break
+            x, y = data.take(idx[b])
+            if flip is not None:
+                x, y = flip(x, y, gen)
+            with autocast(dev, amp):
+                loss = seg_loss(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clipnorm is not None:
+                _clip_each(opt, clipnorm)
+            opt.step()
+            total += loss.detach().float() * len(b)
+            seen += len(b)
+            steps += 1
     return float(total) / max(1, seen), steps
+
+
+def _clip_each(opt: torch.optim.Optimizer, clipnorm: float) -> None:
+    """Scale every gradient tensor to an L2 norm of at most `clipnorm` (Keras' clipnorm: per tensor)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                torch.nn.utils.clip_grad_norm_(p, clipnorm)
 
 
 # ---------------------------------------------------------------------------------------------- the task
@@ -172,7 +185,8 @@ def probe_trainable(model: nn.Module) -> set[str]:
 def infer_num_classes(model_name: str, model_kwargs: dict, state: dict[str, Tensor]) -> int:
     """Upstream class count from the segmentation head's weight in `state`."""
     in_chans, img_size, _ = upstream_spec(state, model_kwargs)
-    probe = seeded_model(model_name, 0, 2, in_chans, img_size, builder_kwargs(model_kwargs))
+    with torch.device("meta"):  # the head's name only: no weights
+        probe = seeded_model(model_name, 0, 2, in_chans, img_size, builder_kwargs(model_kwargs))
     key = get_segmentation_head(probe)[0] + ".weight"
     if key not in state:
         raise KnowError(f"the checkpoint has no '{key}' (the head of {model_name}); is it the right architecture?")
