@@ -318,6 +318,10 @@ class Augment:
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self._apply(x, self._draw(len(x), x.device, generator))
 
+    def apply(self, x: torch.Tensor, y, generator: torch.Generator | None = None):
+        """A batch (images, targets): the images warped, the targets (class labels) as they are."""
+        return self(x, generator), y
+
     def pick(self, x: torch.Tensor, idxs: list[torch.Tensor], generators: list[torch.Generator]) -> torch.Tensor:
         """[self(x[i], g) for i, g in zip(idxs, generators)] stacked (K, B, C, H, W), as one warp that picks the
         images itself: each generator draws exactly what it would alone and the warp acts on each image separately,

@@ -103,8 +103,9 @@ def build_model(cfg: ForgetCfg, train: ImageSet) -> nn.Module:
 
 def _train_epoch(cfg: ForgetCfg, model: nn.Module, train: ImageSet, idx: Tensor, opt, gen, aug, desc) -> float:
     """One epoch of the upstream objective (at most `limit_steps` steps)."""
-    return train_epoch(compiled(model, cfg.compile), train, idx, opt, cfg.batch_size, gen, aug, desc,
-                       objective(cfg.task).loss, cfg.limit_steps, cfg.amp)
+    obj = objective(cfg.task)
+    return train_epoch(compiled(model, cfg.compile), train, idx, opt, cfg.batch_size, gen, aug, desc, obj.loss,
+                       cfg.limit_steps, cfg.amp, obj.drop_last)
 
 
 def _evaluate(cfg: ForgetCfg, model: nn.Module, test: ImageSet) -> float:
@@ -162,7 +163,7 @@ def pretrain(cfg: ForgetCfg, ckpt_dir: str | Path | None = None, progress: bool 
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         start = ckpt["epoch"]
-    aug = Augment() if cfg.augment else None
+    aug = objective(cfg.task).augmentation() if cfg.augment else None
     for e in range(start, cfg.pretrain_epochs):
         desc = f"pretrain epoch {e + 1}/{cfg.pretrain_epochs}" if progress else None
         _train_epoch(cfg, model, train, d0, opt, generator(cfg.seed, "session", 0, "epoch", e), aug, desc)
@@ -215,7 +216,7 @@ def _session(cfg: ForgetCfg, k: int, model: nn.Module, start: dict, train: Image
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
         first, loss, before = ckpt["epoch"], ckpt["loss"], ckpt.get("train_s", 0.0)
-    aug = Augment() if cfg.augment else None
+    aug = objective(cfg.task).augmentation() if cfg.augment else None
     t0 = time.perf_counter()  # training time only (the forgetting overhead of T-G), not data loading or evaluation
     for e in range(first, cfg.epochs_per_session):
         desc = f"session {k}/{cfg.sessions - 1} epoch {e + 1}/{cfg.epochs_per_session}" if progress else None

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from know.data import Augment, ImageSet, batches
+from know.data import ImageSet, batches
 from know.device import autocast
 from know.errors import UnknownName
 from know.models import create_model
@@ -88,37 +88,52 @@ def progress(total: int, desc: str | None):
 
 
 def train_epoch(model: nn.Module, data: ImageSet, idx: Tensor, opt: torch.optim.Optimizer, batch_size: int,
-                gen: torch.Generator, augment: Augment | None = None, desc: str | None = None,
+                gen: torch.Generator, augment=None, desc: str | None = None,
                 loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy, max_steps: int | None = None,
-                amp: bool = False) -> float:
-    """One epoch over `data[idx]` (shuffled by `gen`, last partial batch kept, like Keras `fit`); mean train loss.
+                amp: bool = False, drop_last: bool = False, clipnorm: float | None = None) -> float:
+    """One epoch over `data[idx]` (shuffled by `gen`, the last partial batch kept like Keras `fit` unless
+    `drop_last`); the mean train loss.
 
-    `gen` draws the batch order first, then each batch's augmentation, in that order: `train_epoch_stacked`
-    reproduces exactly this sequence per member. `loss_fn(outputs, targets)`: cross-entropy by default (masks with
-    255 = ignore go through `know.tasks.segmentation`'s). `max_steps` stops the epoch early (rehearsals). `amp`:
-    bf16 autocast on CUDA (`know.device.autocast`; no effect on a CPU).
+    `gen` draws the batch order first, then each batch's augmentation, in that order (`train_epoch_stacked`
+    reproduces exactly this sequence per member). `augment.apply(x, y, gen) -> (x, y)` transforms a batch: images
+    only (`know.data.Augment`) or image and mask together (segmentation's flip). `loss_fn(outputs, targets)`:
+    cross-entropy by default. Dropout and anything else drawing from the global RNG is seeded from `gen`'s seed
+    (without consuming `gen`) and the global RNG restored afterwards, so an epoch is a function of its generator and
+    a resumed run equals an uninterrupted one. `max_steps` stops early (rehearsals); `amp`: bf16 autocast on CUDA;
+    `clipnorm` clips each gradient tensor's norm (Keras' clipnorm, per tensor).
     """
     model.train()
     dev = data.x.device
     idx = idx.to(dev)
     total, seen = torch.zeros((), device=dev), 0
-    steps = -(-len(idx) // batch_size) if max_steps is None else min(max_steps, -(-len(idx) // batch_size))
-    with progress(steps, desc) as bar:
-        for step, b in enumerate(batches(len(idx), batch_size, gen, device=dev)):
+    steps = epoch_steps(len(idx), batch_size, drop_last, max_steps)
+    with progress(steps, desc) as bar, torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed_from(gen.initial_seed(), "dropout"))
+        for step, b in enumerate(batches(len(idx), batch_size, gen, drop_last=drop_last, device=dev)):
             if step == steps:
                 break
             x, y = data.take(idx[b])
             if augment is not None:
-                x = augment(x, gen)
+                x, y = augment.apply(x, y, gen)
             with autocast(dev, amp):
                 loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if clipnorm is not None:
+                for p in model.parameters():
+                    if p.grad is not None:
+                        torch.nn.utils.clip_grad_norm_(p, clipnorm)
             opt.step()
             total += loss.detach().float() * len(b)  # summed on the device: no sync per step
             seen += len(b)
             bar.update()
     return float(total) / max(1, seen)
+
+
+def epoch_steps(n: int, batch_size: int, drop_last: bool = False, max_steps: int | None = None) -> int:
+    """Optimizer steps of one epoch over n images."""
+    steps = n // batch_size if drop_last and n >= batch_size else -(-n // batch_size)
+    return steps if max_steps is None else min(steps, max_steps)
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from know import experiment
 from know.config import CostCfg
 from know.cost import data_ratio, overhead_formula
 from know.experiment import cost_units
-from know.tables import cost_table
+from know.tables import TABLE_COST
 from know.drivers import script_main
 from know.report import read_paper_csv, render_cost
 
@@ -35,7 +35,7 @@ def test_timing_units_are_keyed_by_hardware(monkeypatch):
 def test_table_cost_smoke(tmp_path, capsys, known_weights):
     argv = ["--profile", "smoke", "--executor", "debug", "--results-dir", str(tmp_path / "results"),
             "--cache-dir", str(tmp_path / "cache")]
-    assert script_main("table_cost", cost_table, argv=argv) == 0
+    assert script_main(TABLE_COST, argv=argv) == 0
     out = capsys.readouterr().out
     df = pd.read_csv(tmp_path / "results" / "table_cost_smoke.csv")
     pred, over = df[df["part"] == "prediction"], df[df["part"] == "overhead"].iloc[0]
@@ -51,7 +51,7 @@ def test_table_cost_smoke(tmp_path, capsys, known_weights):
     assert (tmp_path / "figures" / "table_cost_smoke.png").is_file()
     assert "1.875" in out and "simplenet" in out
     # a rerun reuses every unit (timings included: same hardware)
-    assert script_main("table_cost", cost_table, argv=argv) == 0
+    assert script_main(TABLE_COST, argv=argv) == 0
     assert set(re.findall(r"(\d+) to run", capsys.readouterr().out)) == {"0"}
 
 

@@ -19,9 +19,9 @@ from tests.conftest import require
 def test_nested_subsets_sizes_and_nesting():
     subsets = data.nested_subsets(1000, 0.5, 5, seed=3)
     assert [len(s) for s in subsets] == [1000, 500, 250, 125, 62]  # round(1000 * 0.5^4) = 62 (banker's .5)
-    for big, small in zip(subsets, subsets[1:]):
-        assert torch.equal(big[: len(small)], small)  # prefix => nested
-        assert set(small.tolist()) <= set(big.tolist())
+    for big, little in zip(subsets, subsets[1:]):
+        assert torch.equal(big[: len(little)], little)  # prefix => nested
+        assert set(little.tolist()) <= set(big.tolist())
     assert sorted(subsets[0].tolist()) == list(range(1000))
 
 

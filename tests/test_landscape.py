@@ -12,7 +12,7 @@ from know.jobs import _closure
 from know.config import LandscapeCfg
 from know.experiment import landscape_unit
 from know.landscape import pca_plane, plane_state, project, recalibrate_bn
-from know.tables import figure_forgetting, figure_landscape
+from know.tables import FIGURE_FORGETTING, FIGURE_LANDSCAPE
 
 
 
@@ -55,7 +55,7 @@ def test_landscape_uses_table1_units():
 def test_figures_smoke(tmp_path, capsys, known_weights):
     argv = ["--profile", "smoke", "--executor", "debug", "--results-dir", str(tmp_path / "results"),
             "--cache-dir", str(tmp_path / "cache")]
-    assert script_main("figure_landscape", figure_landscape, argv=argv) == 0
+    assert script_main(FIGURE_LANDSCAPE, argv=argv) == 0
     df = pd.read_csv(tmp_path / "results" / "figure_landscape_smoke.csv")
     grid, pts = df[df["kind"] == "grid"], df[df["kind"] == "point"]
     assert len(grid) == 25 and len(pts) == 5 + 3 + 3 and df["acc"].between(0, 1).all()
@@ -64,7 +64,7 @@ def test_figures_smoke(tmp_path, capsys, known_weights):
     assert (tmp_path / "figures" / "figure_landscape_smoke.png").is_file()
     capsys.readouterr()
     # the forgetting curve reuses the trajectories and predictions just made
-    assert script_main("figure_forgetting", figure_forgetting, argv=argv + ["--landscape.bn=keep"]) == 0
+    assert script_main(FIGURE_FORGETTING, argv=argv + ["--landscape.bn=keep"]) == 0
     assert "10 units: 4 cached, 6 to run" in capsys.readouterr().out  # 2 fractions x (pretrain, forget, 2 predict) + 2
     fg = pd.read_csv(tmp_path / "results" / "figure_forgetting_smoke.csv")
     assert sorted(fg["fraction"].unique()) == [0.5, 1.0] and len(fg) == 2 * 11

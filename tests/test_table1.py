@@ -29,7 +29,7 @@ def test_smoke_table1_every_row_debug_executor(tmp_path, capsys, known_weights, 
 
     df = _run(tmp_path, ROWS)
     out = capsys.readouterr().out
-    assert out.splitlines()[0].startswith("[table1] profile=smoke executor=debug")
+    assert out.splitlines()[0].startswith("[table1] profile=smoke (--profile) executor=debug")
     expected = {(r.name, s) for r in ROWS for s in r.step_list()}
     assert set(zip(df["method"], df["steps"])) == expected
     assert len(df) == len(expected) * 2 * 2  # 2 fractions x 2 trials at the smoke profile

@@ -21,7 +21,8 @@ from know.tasks.base import Task
 from know.tasks.captioning import Captioning
 from know.tasks.classification import Classification
 from know.tasks.domains import DomainGeneralization
-from know.tasks.segmentation import Segmentation, evaluate_miou, seg_loss
+from know.tasks.segmentation import JointFlip, Segmentation, evaluate_miou, seg_loss
+from know.data import Augment
 from know.train import evaluate
 
 TASKS: dict[str, type[Task]] = {
@@ -39,11 +40,13 @@ class Objective:
     loss: Callable[[Tensor, Tensor], Tensor]  # (model outputs, targets) -> scalar
     evaluate: Callable[..., float]  # (model, data, batch_size, max_batches, amp) -> metric in [0, 1]
     metric: str
+    augmentation: Callable[[], object]  # the batch augmentation when augment is on (`.apply(x, y, gen)`)
+    drop_last: bool = False  # drop an epoch's last partial batch (segmentation: a batch of one breaks ASPP's BN)
 
 
 OBJECTIVES: dict[str, Objective] = {
-    "classification": Objective(F.cross_entropy, evaluate, "acc"),
-    "segmentation": Objective(seg_loss, evaluate_miou, "miou"),
+    "classification": Objective(F.cross_entropy, evaluate, "acc", Augment),  # docs/method.md §4: the Keras warp
+    "segmentation": Objective(seg_loss, evaluate_miou, "miou", JointFlip, drop_last=True),  # image and mask flip
 }
 
 

@@ -25,7 +25,7 @@ Choices (ours, documented; the paper is silent on all of them):
   for nothing). A set without a single labelled pixel scores 0.
 - Augmentation (`augment=True`): a horizontal flip of each image with probability 1/2, applied to the image and its
   mask alike (KerasCV guide: `RandomFlip`), drawn from the epoch's generator after the batch order (the contract of
-  `know.train.train_epoch`, whose `augment(x, gen)` sees images only, hence this task's own epoch loop).
+  `know.train.train_epoch`); upstream segmentation (`know.tasks.OBJECTIVES`) uses the same flip.
 - Batches: the last partial batch of an epoch is dropped (KerasCV: `batch(4, drop_remainder=True)`); this also
   keeps a batch of one image away from the ASPP image-pooling branch, whose BatchNorm then sees one value per
   channel, which PyTorch refuses in training mode.
@@ -44,14 +44,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from know.config import TransferCfg
-from know.data import ImageSet, batches, get_dataset
+from know.data import ImageSet, get_dataset
 from know.datasets import entry
 from know.device import autocast, fast_layout, resolve_device
 from know.errors import KnowError
 from know.models.segmentation import get_segmentation_head, replace_segmentation_head
 from know.tasks.base import Phase, Task, finetune_lr
 from know.tasks.classification import builder_kwargs, carve, eval_subset, upstream_spec
-from know.train import seed_from, seeded_model
+from know.train import epoch_steps, seed_from, seeded_model, train_epoch
 from know.trajectory import param_kinds
 
 IGNORE = 255  # mask value of unlabelled pixels
@@ -127,52 +127,9 @@ class JointFlip:
 
     p: float = 0.5
 
-    def __call__(self, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    def apply(self, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         flip = (torch.rand(len(x), generator=gen, device=gen.device) < self.p).to(x.device)
         return torch.where(flip[:, None, None, None], x.flip(-1), x), torch.where(flip[:, None, None], y.flip(-1), y)
-
-
-def train_epoch(model: nn.Module, data: ImageSet, idx: Tensor, opt: torch.optim.Optimizer, batch_size: int,
-                gen: torch.Generator, flip: JointFlip | None = None, max_steps: int | None = None, amp: bool = False,
-                clipnorm: float | None = None) -> tuple[float, int]:
-    """One epoch over `data[idx]` (shuffled by `gen`, last partial batch dropped); (mean train loss, steps).
-
-    `know.train.train_epoch`'s loop with a joint image + mask augmentation: `gen` draws the batch order first, then
-    each batch's flips. Dropout, if the model has any (`deeplabv3plus` has none by default), draws from the global
-    RNG: seeded here from `gen`'s seed and restored afterwards, so an epoch is a function of its generator and a
-    resumed run equals an uninterrupted one.
-    `clipnorm` clips each gradient tensor's norm (Keras' clipnorm)."""
-    model.train()
-    dev = data.x.device
-    idx = idx.to(dev)
-    total, seen, steps = torch.zeros((), device=dev), 0, 0
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed_from(gen.initial_seed(), "dropout"))  # dropout: seeded, gen untouched
-        for b in batches(len(idx), batch_size, gen, drop_last=True, device=dev):
-            if max_steps is not None and steps == max_steps:
-                break
-            x, y = data.take(idx[b])
-            if flip is not None:
-                x, y = flip(x, y, gen)
-            with autocast(dev, amp):
-                loss = seg_loss(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clipnorm is not None:
-                _clip_each(opt, clipnorm)
-            opt.step()
-            total += loss.detach().float() * len(b)
-            seen += len(b)
-            steps += 1
-    return float(total) / max(1, seen), steps
-
-
-def _clip_each(opt: torch.optim.Optimizer, clipnorm: float) -> None:
-    """Scale every gradient tensor to an L2 norm of at most `clipnorm` (Keras' clipnorm: per tensor)."""
-    for group in opt.param_groups:
-        for p in group["params"]:
-            if p.grad is not None:
-                torch.nn.utils.clip_grad_norm_(p, clipnorm)
 
 
 # ---------------------------------------------------------------------------------------------- the task
@@ -243,9 +200,11 @@ class Segmentation(Task):
                 Phase("finetune", c.finetune_epochs, c.optimizer, finetune_lr(c), None, c.weight_decay)]
 
     def train_epoch(self, model, opt, data, gen, max_steps):
-        idx = torch.arange(len(data), device=data.x.device)
-        return train_epoch(model, data, idx, opt, self.cfg.batch_size, gen, JointFlip() if self.cfg.augment else None,
-                           max_steps, self.cfg.amp, self.options.clipnorm)
+        c = self.cfg
+        loss = train_epoch(model, data, torch.arange(len(data), device=data.x.device), opt, c.batch_size, gen,
+                           JointFlip() if c.augment else None, loss_fn=seg_loss, max_steps=max_steps, amp=c.amp,
+                           drop_last=True, clipnorm=self.options.clipnorm)
+        return loss, epoch_steps(len(data), c.batch_size, True, max_steps)
 
     def evaluate(self, model, data, max_batches):
         return {"miou": evaluate_miou(model, data, self.cfg.eval_batch_size, max_batches, self.cfg.amp)}
