@@ -182,6 +182,9 @@ def forget(cfg: ForgetCfg, theta0_state: dict[str, Tensor], ckpt_dir: str | Path
     """
     train, test = load_data(cfg)
     subsets = session_subsets(cfg, len(train))
+    if len(subsets[-1]) < 2:
+        raise KnowError(f"the last session D{cfg.sessions - 1} would hold {len(subsets[-1])} image(s) "
+                        f"(|D0| = {len(subsets[0])}, r = {cfg.rate:.3g}): raise --forget.max_images or the rate")
     model = build_model(cfg, train)
     init = cpu_state(model)  # the seeded initial weights (restart_from_initial starts every session here)
     pnames = [n for n, _ in model.named_parameters()]

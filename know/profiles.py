@@ -82,6 +82,15 @@ PVT_UPSTREAM = {
               "forget.lr": 1e-4, "forget.batch_size": 128, "forget.eval_images": 10000},
 }
 
+# ---------------------------------------------------------------- the DeepLabV3+ upstream (T-D)
+DEEPLAB_CPU = {"encoder_name": "tu-resnet18", "encoder_output_stride": 16, "decoder_channels": 32,
+               "decoder_atrous_rates": [1, 2, 3], "decoder_aspp_separable": False, "channels": [16, 32, 64, 128]}
+DEEPLAB_PAPER = {"encoder_name": "tu-resnet50", "encoder_output_stride": 16, "decoder_channels": 256,
+                 "decoder_atrous_rates": [6, 12, 18], "decoder_aspp_separable": False}  # docs/method.md §8
+SEGMENTATION = {"axis": "fraction", "fractions": (1.0,), "transfer.task": "segmentation"}
+CAPTIONING = {"axis": "fraction", "fractions": (1.0,), "transfer.task": "captioning", "transfer.probe_epochs": 0,
+              "transfer.augment": False, "transfer.select": "best_val"}
+
 TABLES: dict[str, dict[str, dict[str, Any]]] = {
     "table_pvtv2": {
         "smoke": {**PVT_UPSTREAM["smoke"], "axis": "dataset", "datasets": ("debug",), "fractions": (1.0,)},
@@ -117,6 +126,53 @@ TABLES: dict[str, dict[str, dict[str, Any]]] = {
                   "domains": ("art_painting", "cartoon", "photo", "sketch"), "transfer.select": "best_val",
                   "transfer.probe_epochs": 0, "transfer.finetune_epochs": 30, "transfer.finetune_lr": 5e-5,
                   "transfer.schedule": "warmup_constant", "transfer.batch_size": 96},
+    },
+
+    "table_segmentation": {
+        "smoke": {**SEGMENTATION, "forget.task": "segmentation", "forget.model": "deeplabv3plus",
+                  "forget.model_kwargs": {**DEEPLAB_CPU, "channels": [8, 8, 16, 16], "decoder_channels": 8},
+                  "forget.dataset": "canvas_source", "forget.channels": 3, "forget.size": 32, "forget.max_images": 243,
+                  "forget.rate": 1 / 3, "forget.batch_size": 16, "forget.eval_images": 32,
+                  "transfer.dataset": "canvas_target", "transfer.max_images": 64, "transfer.eval_images": 32,
+                  "transfer.batch_size": 16},
+        # our canvases (docs/datasets.md): Fashion-MNIST items on dark noise upstream (like VOC), coloured digits on
+        # stripes downstream (like Cityscapes: new classes, another look), a small DeepLabV3+ at 64x64
+        "cpu": {**SEGMENTATION, "trials": 5, "forget.task": "segmentation", "forget.model": "deeplabv3plus",
+                "forget.model_kwargs": DEEPLAB_CPU, "forget.dataset": "canvas_source", "forget.channels": 3,
+                "forget.size": 64, "forget.rate": 1 / 3, "forget.pretrain_epochs": 10, "forget.batch_size": 32,
+                "forget.eval_images": 500,
+                "transfer.dataset": "canvas_target", "transfer.probe_epochs": 1, "transfer.finetune_epochs": 10,
+                "transfer.finetune_lr": 1e-3, "transfer.batch_size": 32, "transfer.val_images": 200},
+        # the KerasCV DeepLabV3+ guide (docs/method.md §8, our inference): ResNet-50, 512x512, batch 4, SGD with
+        # cosine decay from 0.00175, momentum 0.9, weight decay 1e-4; VOC upstream (Θ0 is our own training: smp ships
+        # ImageNet encoders only; pass an ImageNet backbone as --forget.init=<state_dict.pt>), r = 1/3, S = 5;
+        # epochs unknown (ours: 30 upstream, 30 downstream)
+        "paper": {**SEGMENTATION, "forget.task": "segmentation", "forget.model": "deeplabv3plus",
+                  "forget.model_kwargs": DEEPLAB_PAPER, "forget.dataset": "voc", "forget.channels": 3,
+                  "forget.size": 512, "forget.norm": "imagenet", "forget.rate": 1 / 3, "forget.pretrain_epochs": 30,
+                  "forget.optimizer": "sgd", "forget.lr": 0.00175, "forget.batch_size": 4,
+                  "transfer.dataset": "cityscapes", "transfer.probe_epochs": 0, "transfer.finetune_epochs": 30,
+                  "transfer.optimizer": "sgd", "transfer.finetune_lr": 0.00175, "transfer.schedule": "cosine",
+                  "transfer.weight_decay": 1e-4, "transfer.batch_size": 4, "transfer.val_images": 300,
+                  "transfer.options": {"clipnorm": 10.0}},
+    },
+    "table_captioning": {
+        "smoke": {**PVT_UPSTREAM["smoke"], **CAPTIONING, "transfer.dataset": "caption_canvases",
+                  "transfer.native_size": True, "transfer.finetune_epochs": 1, "transfer.batch_size": 16,
+                  "transfer.max_images": 64, "transfer.eval_images": 32,
+                  "transfer.options": {"embed_dim": 32, "ff_dim": 32}},
+        # the upstream is T-B's pvt-nano trajectory (shared units); canvases at their own 64x64
+        "cpu": {**PVT_UPSTREAM["cpu"], **CAPTIONING, "trials": 5, "transfer.dataset": "caption_canvases",
+                "transfer.native_size": True, "transfer.finetune_epochs": 20, "transfer.finetune_lr": 1e-4,
+                "transfer.schedule": "warmup_constant", "transfer.warmup_epochs": 1, "transfer.batch_size": 64,
+                "transfer.early_stop": 3},
+        # the Keras captioning example (docs/method.md §8, our inference): batch 64, up to 30 epochs, Adam with a
+        # linear warm-up to 1e-4 (over 1/15 of the steps: under one epoch), early stopping with patience 3; T-B's
+        # PVTv2 trajectory as the frozen encoder; validation carved from the 80 % training part
+        "paper": {**PVT_UPSTREAM["paper"], **CAPTIONING, "transfer.dataset": "flickr8k",
+                  "transfer.finetune_epochs": 30, "transfer.finetune_lr": 1e-4, "transfer.schedule": "warmup_constant",
+                  "transfer.warmup_epochs": 1, "transfer.batch_size": 64, "transfer.early_stop": 3,
+                  "transfer.val_images": 500},
     },
 }
 

@@ -245,6 +245,9 @@ def render_section(name: str, profile: str, csv: Path, figures_dir: Path, paper_
         parts.append(f"Downstream test {metric} (points) of the reported epoch, mean ± std over trials; the paired "
                      "difference from Naive (same column and trial) with its 95 % t interval and verdict; the paper's "
                      "cell ('?' = unknown, '-' = not run).\n\n" + render_transfer(df, meta, paper))
+        for other in [m for m in METRICS if m in df.columns]:  # a task's further metrics (captioning: BLEU-4)
+            parts.append(f"\nAlso reported: test {METRICS[other]} of the same epochs (points).\n\n"
+                         + render_transfer(df.assign(score=df[other]), meta, None))
     elif kind == "cost":
         parts.append(render_cost(df, paper) + f"\nOfficial Keras KNOWN: {meta.get('official_keras', '?')}.\n")
     elif kind == "landscape":

@@ -39,8 +39,9 @@ def run_table(name: str, rows: list[Row], cfg: ExperimentCfg, runner: Runner, re
     for ident, unit in grid:
         r = results[unit.key]
         v = r["value"]
+        also = {m: x for m, x in v["selected"].items() if m != v["metric"]}  # other metrics (BLEU-4 beside masked acc)
         records.append({**ident, "metric": v["metric"], "score": v["selected"][v["metric"]],
-                        "final": v["final"][v["metric"]], "selected_epoch": v["selected_epoch"],
+                        "final": v["final"][v["metric"]], "selected_epoch": v["selected_epoch"], **also,
                         "unit_wall_s": r.get("wall_s"), "profile": cfg.profile, "commit": commit})
     csv = Path(results_dir) / f"{name}_{cfg.profile}.csv"
     write_results(records, csv, provenance(name, cfg, runner, t0, seeds=sorted({r["seed"] for r in records}),
