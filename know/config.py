@@ -135,6 +135,7 @@ class TransferCfg:
     max_images: int | None = None  # our choice: downstream train images (a fixed seeded subset; None: all)
     val_images: int = 0  # our choice: images carved from the train split for validation (fixed; 0: none)
     select: str = "last"  # the epoch a table reports: "last", or "best_val" (best validation metric)
+    test_each_epoch: bool = False  # evaluate the test split after every epoch (learning curves), not only at the end
     eval_images: int | None = None  # our choice: test images per epoch (None: the whole test split)
     target_domain: str | None = None  # domain_generalization: the held-out domain (tested on, never trained on)
     options: dict = field(default_factory=dict)  # the task's own settings (see its options dataclass)
@@ -164,6 +165,7 @@ class CostCfg:
     threads: int | None = None  # CPU threads (None: every core this process may use)
     seed: int = 0
     fraction: float = 1.0  # whose trajectory the overhead is measured on (T-A's 100 % column)
+    limit_steps: int | None = None  # rehearsal only: one timed run of one recurrence
 
 
 @dataclass
@@ -178,6 +180,23 @@ class LandscapeCfg:
     bn_images: int = 2048  # D0 images per BN re-estimate
     eval_images: int | None = None  # upstream test images per accuracy (None: the forget config's eval_images)
     fraction: float = 1.0  # the landscape is drawn on this data fraction's trajectory
+    limit_steps: int | None = None  # rehearsal only: a limit_steps + 1 lattice, limit_steps batches per evaluation
+
+
+@dataclass
+class ScaleCfg:
+    """figure_scale (know/scale.py): networks trained with one small recipe, so that their weights and the
+    predictors' steps compare. Ours: Fashion-MNIST at 16x16 (width 1 is slow on a CPU), 3,000 images, 4 epochs."""
+
+    widths: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.3, 0.5, 1.0)  # resnet18_know widths (0.3: the cpu profile's)
+    simplenet: bool = True  # add SimpleNet, the meta-dataset's network: KNOWN's own weight range
+    dataset: str = "fashion_mnist"
+    size: int = 16
+    max_images: int = 3000
+    pretrain_epochs: int = 4
+    epochs_per_session: int = 1
+    methods: tuple[str, ...] = ("known_official", "known_ours", "wnn", "taskvector", "logfit")
+    steps: int = 3  # x2, x4, x8
 
 
 @dataclass
@@ -234,6 +253,7 @@ class ExperimentCfg:
     slurm: SlurmCfg = field(default_factory=SlurmCfg)
     cost: CostCfg = field(default_factory=CostCfg)  # T-G timing (reproduce/table_cost.py)
     landscape: LandscapeCfg = field(default_factory=LandscapeCfg)  # figures (reproduce/figure_landscape.py, ...)
+    scale: ScaleCfg = field(default_factory=ScaleCfg)  # reproduce/figure_scale.py
 
 
 class ConfigError(KnowError):

@@ -17,6 +17,7 @@ the test split) unless the units report `train_s` (then those).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 import platform
 import time
 from pathlib import Path
@@ -88,6 +89,8 @@ def predicted_count(traj, routing: str) -> int:
 
 def time_prediction(model: str, c: CostCfg) -> dict:
     """Seconds for `c.steps` recurrences and for one, over every parameter of `model` (see the module docstring)."""
+    if c.limit_steps:  # a rehearsal: does it run at all?
+        c = replace(c, steps=1, repeats=1)
     dev = resolve_device(c.device)
     torch.set_num_threads(c.threads or len(os.sched_getaffinity(0)))  # not the executor's per-job share
     traj = shaped_trajectory(model, c.model_kwargs.get(model, {}), c, dev)

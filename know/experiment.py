@@ -21,6 +21,7 @@ from know.cost import hardware_id
 from know.forgetting import num_groups
 from know.jobs import Unit
 from know.landscape import EVAL_FIELDS
+from know.tasks import task_module
 from know.train import seed_from
 
 # ForgetCfg fields that do not change Θ0 (so changing them does not redo pre-training).
@@ -91,8 +92,9 @@ def _limits(cfg: ExperimentCfg, section) -> dict:
     shared = {"data_root": cfg.data_root, "device": cfg.device, "amp": cfg.amp, "compile": cfg.compile,
               "limit_steps": cfg.limit_steps}
     out = {k: v for k, v in shared.items() if hasattr(section, k)}
-    if cfg.limit_batch and hasattr(section, "batch_size"):
-        out["batch_size"] = min(section.batch_size, cfg.limit_batch)
+    for name in ("batch_size", "eval_batch_size"):
+        if cfg.limit_batch and hasattr(section, name):
+            out[name] = min(getattr(section, name), cfg.limit_batch)
     return out
 
 
@@ -164,7 +166,7 @@ def transfer_units(cfg: ExperimentCfg, rows: list[Row]) -> list[tuple[dict, Unit
             for step in row.step_list():
                 for trial in range(cfg.trials):
                     seed = trial_seed(cfg, f, trial)
-                    unit = Unit("transfer", "know.transfer:unit_transfer",
+                    unit = Unit("transfer", f"{task_module(tc.task)}:unit_transfer",
                                 {"transfer": asdict(tc), "upstream": upstream, "step": step, "seed": seed},
                                 deps={"weights": source},
                                 label=f"transfer {row.name} x{row.factor(step, cfg.forget.rate)} {col.name} "
@@ -184,10 +186,20 @@ def method_row(method: str, steps: int = 3):
 
 # ---------------------------------------------------------------- figures and T-G
 
-def _point_deps(cfg, fraction: float, methods) -> dict[str, Unit]:
+def _point_deps(cfg, fraction: float, methods, steps: int | None = None) -> dict[str, Unit]:
     deps = {"trajectory": forget_unit(cfg, fraction)}
-    deps.update({m: predict_unit(cfg, fraction, method_row(m, cfg.predict.steps)) for m in methods})
+    deps.update({m: predict_unit(cfg, fraction, method_row(m, steps or cfg.predict.steps)) for m in methods})
     return deps
+
+
+def landscape_cfg(cfg: ExperimentCfg) -> LandscapeCfg:
+    """The figures' evaluation settings, with the experiment-wide rehearsal cap."""
+    return dataclasses.replace(cfg.landscape, **_limits(cfg, cfg.landscape))
+
+
+def cost_cfg(cfg: ExperimentCfg) -> CostCfg:
+    """T-G's timing settings, with the experiment-wide device and rehearsal cap."""
+    return dataclasses.replace(cfg.cost, **_limits(cfg, cfg.cost))
 
 
 def landscape_unit(cfg, lc: LandscapeCfg) -> Unit:
@@ -210,3 +222,23 @@ def cost_units(c: CostCfg) -> list[Unit]:
     return [Unit("cost", "know.cost:unit_cost", {"model": m, "cost": asdict(dataclasses.replace(c, models=(m,))),
                                                 "hardware": hw},
                  label=f"time prediction {m}") for m in c.models]
+
+
+def scale_units(cfg: ExperimentCfg) -> list[tuple[dict, Unit]]:
+    """(network identity, unit) of figure_scale: every network of `cfg.scale` trained with its recipe, its
+    trajectory predicted by every method, and measured (know/scale.py)."""
+    sc = cfg.scale
+    nets = [("resnet18_know", {"width": w}, w) for w in sc.widths] + ([("simplenet", {}, None)] if sc.simplenet else [])
+    out = []
+    for model, kwargs, width in nets:
+        sub = dataclasses.replace(cfg, forget=dataclasses.replace(
+            cfg.forget, model=model, model_kwargs=kwargs, dataset=sc.dataset, size=sc.size, channels=1,
+            max_images=sc.max_images, pretrain_epochs=sc.pretrain_epochs, epochs_per_session=sc.epochs_per_session))
+        deps = _point_deps(sub, 1.0, sc.methods, sc.steps)
+        name = model if width is None else f"{model} x{width:g}"
+        unit = Unit("scale", "know.scale:unit_scale",
+                    {"forget": deps["trajectory"].cfg["forget"], "network": name, "width": width,
+                     "methods": list(sc.methods), "eval": asdict(landscape_cfg(cfg))}, deps=deps,
+                    label=f"scale {name}")
+        out.append(({"network": name, "width": width}, unit))
+    return out

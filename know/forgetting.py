@@ -49,7 +49,7 @@ from know.device import compiled, fast_layout, resolve_device
 from know.errors import KnowError
 from know.io import atomic_save, read_checkpoint, require_writable
 from know.stack import Stack, evaluate_stacked, stackable, train_epoch_stacked
-from know.tasks import objective
+from know.objectives import objective
 from know.train import (cpu_state, generator, make_optimizer, seed_from, seeded_model, train_epoch,
                         weight_distance)
 from know.trajectory import Trajectory
@@ -99,6 +99,11 @@ def build_model(cfg: ForgetCfg, train: ImageSet) -> nn.Module:
             raise KnowError(f"--forget.init={cfg.init}: no such state_dict file (or use random / timm)")
         model.load_state_dict(torch.load(path, map_location="cpu"))
     return fast_layout(model.to(train.x.device))
+
+
+def _epochs(cfg: ForgetCfg, epochs: int) -> int:
+    """A phase's epochs; a rehearsal (limit_steps) runs one, of limit_steps steps."""
+    return epochs if cfg.limit_steps is None else min(epochs, 1)
 
 
 def _train_epoch(cfg: ForgetCfg, model: nn.Module, train: ImageSet, idx: Tensor, opt, gen, aug, desc) -> float:
@@ -164,7 +169,7 @@ def pretrain(cfg: ForgetCfg, ckpt_dir: str | Path | None = None, progress: bool 
         opt.load_state_dict(ckpt["opt"])
         start = ckpt["epoch"]
     aug = objective(cfg.task).augmentation() if cfg.augment else None
-    for e in range(start, cfg.pretrain_epochs):
+    for e in range(start, _epochs(cfg, cfg.pretrain_epochs)):
         desc = f"pretrain epoch {e + 1}/{cfg.pretrain_epochs}" if progress else None
         _train_epoch(cfg, model, train, d0, opt, generator(cfg.seed, "session", 0, "epoch", e), aug, desc)
         if path:
@@ -221,7 +226,7 @@ def _session(cfg: ForgetCfg, k: int, model: nn.Module, start: dict, train: Image
         first, loss, before = ckpt["epoch"], ckpt["loss"], ckpt.get("train_s", 0.0)
     aug = objective(cfg.task).augmentation() if cfg.augment else None
     t0 = time.perf_counter()  # training time only (the forgetting overhead of T-G), not data loading or evaluation
-    for e in range(first, cfg.epochs_per_session):
+    for e in range(first, _epochs(cfg, cfg.epochs_per_session)):
         desc = f"session {k}/{cfg.sessions - 1} epoch {e + 1}/{cfg.epochs_per_session}" if progress else None
         loss = _train_epoch(cfg, model, train, idx, opt, generator(cfg.seed, "session", k, "epoch", e), aug, desc)
         if partial and e + 1 < cfg.epochs_per_session:
@@ -281,7 +286,7 @@ def forget_stacked(cfgs: list[ForgetCfg], progress: bool = True, backend: str = 
                                        c0.limit_steps)
         return loss
 
-    run(0, c0.pretrain_epochs)
+    run(0, _epochs(c0, c0.pretrain_epochs))
     theta0 = [stack.member(m) for m in range(len(cfgs))]
     states = [[t] for t in theta0]
     accs = evaluate_stacked(stack, test, c0.eval_batch_size)
@@ -289,7 +294,7 @@ def forget_stacked(cfgs: list[ForgetCfg], progress: bool = True, backend: str = 
     for k in range(1, c0.sessions):
         if c0.restart_from_initial:
             stack.load(inits)
-        loss = run(k, c0.epochs_per_session)
+        loss = run(k, _epochs(c0, c0.epochs_per_session))
         accs = evaluate_stacked(stack, test, c0.eval_batch_size)
         for m in range(len(cfgs)):
             states[m].append(stack.member(m))

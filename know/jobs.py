@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from know import datasets
 from know.codehash import code_hash
 from know.config import SlurmCfg
 from know.errors import KnowError
@@ -52,6 +53,23 @@ ROOT = Path(__file__).resolve().parent
 
 
 # ---------------------------------------------------------------- units
+
+def _dataset_names(obj) -> set[str]:
+    """Every dataset a config names: the values of its "dataset" and "datasets" keys, at any depth."""
+    found = set()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == "dataset" and isinstance(v, str):
+                found.add(v)
+            elif k == "datasets" and isinstance(v, (list, tuple)):
+                found.update(x for x in v if isinstance(x, str))
+            else:
+                found |= _dataset_names(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            found |= _dataset_names(v)
+    return found
+
 
 def _jsonable(obj):
     if dataclasses.is_dataclass(obj):
@@ -79,8 +97,15 @@ class Unit:
         found from its imports, never listed)."""
         blob = json.dumps({"stage": self.stage, "fn": self.fn, "cfg": _jsonable(self.cfg),
                            "deps": {k: d.key for k, d in sorted(self.deps.items())},
-                           "code": code_hash(self.fn.split(":")[0])}, sort_keys=True)
+                           "code": [code_hash(m) for m in self.modules()]}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def modules(self) -> list[str]:
+        """What the unit runs: its function's module, and the loaders of the datasets its config names (they are
+        imported by name when a set is loaded, so no import statement reaches them)."""
+        names = sorted(_dataset_names(self.cfg))
+        return [self.fn.split(":")[0]] + sorted({datasets.loader_module(n) for n in names
+                                                if n in datasets.DATASETS})
 
     def dir(self, cache: Path) -> Path:
         return Path(cache) / self.stage / self.key

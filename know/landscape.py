@@ -38,7 +38,7 @@ GRAM_CHUNK = 1 << 22  # parameters per chunk of the Gram matrix (bounds the floa
 
 
 
-EVAL_FIELDS = ("methods", "bn", "bn_images", "eval_images")  # what the forgetting-curve units depend on
+EVAL_FIELDS = ("methods", "bn", "bn_images", "eval_images", "limit_steps")  # what the forgetting-curve units depend on
 
 
 # ---------------------------------------------------------------- evaluating weights upstream
@@ -72,15 +72,16 @@ class Evaluator:
             fc = replace(fc, eval_images=lc.eval_images)
         train, self.test = load_data(fc)
         self.model = build_model(fc, train)
-        d0 = session_subsets(fc, len(train))[0][:lc.bn_images]
+        bn_images = lc.bn_images if lc.limit_steps is None else min(lc.bn_images, lc.limit_steps * fc.eval_batch_size)
+        d0 = session_subsets(fc, len(train))[0][:bn_images]
         self.calib = train.x[d0.to(train.y.device)]  # (bn_images, C, H, W)
-        self.bn, self.batch = lc.bn, fc.eval_batch_size
+        self.bn, self.batch, self.limit = lc.bn, fc.eval_batch_size, lc.limit_steps
 
     def __call__(self, state: dict[str, Tensor]) -> float:
         self.model.load_state_dict(state)
         if self.bn == "recalibrate":
             recalibrate_bn(self.model, self.calib, self.batch)
-        return evaluate(self.model, self.test, self.batch)
+        return evaluate(self.model, self.test, self.batch, self.limit)
 
 
 # ---------------------------------------------------------------- the points and their plane
@@ -178,7 +179,8 @@ def unit_landscape(cfg: dict, out: Path, deps: dict) -> dict:
     ev = Evaluator(fc, lc)
     rows = [{"kind": "point", **p, "a": float(c[0]), "b": float(c[1]), "off_plane": float(o), "acc": ev(s)}
             for (p, s), c, o in zip(points, coords, off)]
-    grid = evaluate_grid(ev, mean, axes, lattice(coords, lc.grid, lc.margin), traj.theta(0), names,
+    n = lc.grid if lc.limit_steps is None else min(lc.grid, lc.limit_steps + 1)
+    grid = evaluate_grid(ev, mean, axes, lattice(coords, n, lc.margin), traj.theta(0), names,
                          out / "grid_partial.json")
     return {"points": rows, "grid": grid, "explained_variance": ratio, "params": x.shape[1]}
 

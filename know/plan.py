@@ -121,8 +121,13 @@ def _flops(name: str, kwargs: str, in_chans: int, size: int) -> float:
     return _FLOPS[key]
 
 
+def model_key(name: str, kwargs: dict, size: int) -> str:
+    """How benchmarks/step_times.json names a measured network: "<name> <kwargs as JSON> <size>"."""
+    return f"{name} {json.dumps(kwargs, sort_keys=True)} {int(size)}"
+
+
 def measured_rates(path: Path = STEP_TIMES) -> dict:
-    """{device kind: {"<model> <size>": training images/s}} from benchmarks/step_times.json ({} when absent)."""
+    """{device kind: {model_key: training images/s}} from benchmarks/step_times.json ({} when absent)."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
@@ -134,7 +139,7 @@ def measured_rates(path: Path = STEP_TIMES) -> dict:
 def stages(units: list[Unit], cache: Path) -> dict[str, dict]:
     """Per stage: units total / cached / to run, and the summed work of those to run."""
     out: dict[str, dict] = defaultdict(lambda: {"total": 0, "cached": 0, "train_flops": 0.0, "eval_flops": 0.0,
-                                                "models": set(), "units": []})
+                                                "models": {}, "units": []})
     for u in _closure(units):
         s = out[u.stage]
         s["total"] += 1
@@ -147,7 +152,8 @@ def stages(units: list[Unit], cache: Path) -> dict[str, dict]:
             f = forward_flops(w["model"])
             s["train_flops"] += 3 * f * w["train"]
             s["eval_flops"] += f * w["eval"]
-            s["models"].add((w["model"][0], int(w["model"][3]), 3 * f * w["train"] + f * w["eval"], f))
+            key = model_key(w["model"][0], w["model"][1], w["model"][3])
+            s["models"][key] = (s["models"].get(key, (0.0, f))[0] + 3 * f * w["train"] + f * w["eval"], f)
     return dict(out)
 
 
@@ -166,9 +172,10 @@ def estimate(stage: dict, kind: str, rates: dict) -> str:
     if not flops or math.isnan(flops):
         return "negligible (no network pass)"
     seconds, missing = 0.0, []
-    for name, size, model_flops, fwd in stage["models"]:
-        rate = rates.get(kind, {}).get(f"{name} {size}")
+    for key, (model_flops, fwd) in stage["models"].items():
+        rate = rates.get(kind, {}).get(key)
         if rate is None:
+            name, *_, size = key.split()
             missing.append(f"{name}@{size}")
         else:
             seconds += model_flops / (3 * fwd) / rate  # training-image equivalents / measured training images/s

@@ -211,4 +211,46 @@ def plot_cost(csv_path: Path, out: Path) -> Path:
     return save_figure(fig, out)
 
 
-FIGURES.update({"table_cost_": plot_cost, "figure_landscape_": plot_landscape, "figure_forgetting_": plot_forgetting})
+def plot_scale(csv_path: Path, out: Path) -> Path:
+    """Three panels against the network: Θ0's weight std per kind (the band: within 2x of full-width
+    resnet18_know), each predictor's x8 step ratio (log scale, 1 = the trajectory's own step), and the upstream
+    accuracy of Θ0 and of each predictor's last prediction."""
+    df, meta = read_results(csv_path)
+    nets = list(dict.fromkeys(df["network"]))
+    xs = range(len(nets))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    std = df[df["quantity"] == "weight_std"]
+    for kind in ("conv", "fc", "bias", "norm"):
+        part = std[std["kind"] == kind].set_index("network")["value"].reindex(nets)
+        axes[0].plot(xs, part.values, "o-", label=kind)
+        full = part.get("resnet18_know x1")
+        if kind == "conv" and full is not None and not pd.isna(full):
+            axes[0].axhspan(full / 2, full * 2, color="0.9", zorder=0, label="conv: within 2x of width 1")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("weight std of Θ0")
+    ratio = df[(df["quantity"] == "step_ratio") & (df["kind"] == "all")]
+    last = int(ratio["step"].max()) if len(ratio) else 3
+    for m, part in ratio[ratio["step"] == last].groupby("method", sort=False):
+        axes[1].plot(xs, part.set_index("network")["value"].reindex(nets).values, "s-",
+                     color=PALETTE.get(m, None), label=row_label(m, 0))
+    axes[1].axhline(1, color="k", lw=1, ls="--")
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel(f"step ratio of prediction {last} (‖Θ̂ step‖ / ‖Θ0 − Θ1‖)")
+    acc = df[df["quantity"] == "upstream_acc"]
+    theta0 = acc[acc["method"] == "trajectory"].set_index("network")["value"].reindex(nets)
+    axes[2].plot(xs, 100 * theta0.values, "o-", color="k", label="Θ0")
+    for m, part in acc[acc["method"] != "trajectory"].groupby("method", sort=False):
+        part = part[part["step"] == part["step"].max()].set_index("network")["value"].reindex(nets)
+        axes[2].plot(xs, 100 * part.values, "s--", color=PALETTE.get(m, None), label=row_label(m, 0))
+    axes[2].set_ylabel("upstream test accuracy (%)")
+    for ax in axes:
+        ax.set_xticks(list(xs), [n.replace("resnet18_know ", "") for n in nets], rotation=30)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{Path(csv_path).stem}: resnet18_know widths and SimpleNet, profile {meta.get('profile', '?')}, "
+                 f"commit {meta.get('commit', '?')}", fontsize=10)
+    return save_figure(fig, out)
+
+
+FIGURES.update({"table_cost_": plot_cost, "figure_landscape_": plot_landscape, "figure_forgetting_": plot_forgetting,
+                "figure_scale_": plot_scale})

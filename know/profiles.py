@@ -34,6 +34,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "cost.models": ("debugnet", "simplenet"), "cost.num_classes": 4, "cost.in_chans": 1, "cost.img_size": 16,
         "cost.repeats": 1,
         "landscape.grid": 5, "landscape.bn_images": 64, "landscape.eval_images": 64,
+        "scale.dataset": "debug", "scale.widths": (0.0625,), "scale.max_images": 128, "scale.pretrain_epochs": 1,
     },
     # The offline analog on 2 CPU cores (docs/cpu_profile.md: the design and the measurements behind it).
     "cpu": {

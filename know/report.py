@@ -38,6 +38,8 @@ TABLES = {
                          "landscape"),
     "figure_forgetting": ("-", "forgetting curve: upstream accuracy and ‖Θ − Θ0‖ against data size", None,
                           "forgetting"),
+    "figure_scale": ("-", "when does the official KNOWN apply? weight scale against each predictor's step", None,
+                     "scale"),
 }
 # docs/method.md §7 and §4-6: what the paper does not say, and what this project does instead (config field).
 UNKNOWN = [
@@ -202,6 +204,33 @@ def render_points(df: pd.DataFrame, meta: dict) -> str:
     return text + md_table(["method", "point", "PC1", "PC2", "off plane", "acc %", "trained acc %"], rows)
 
 
+def render_scale(df: pd.DataFrame, markdown: bool = True) -> str:
+    """Per network: the weight std per kind, Θ0's upstream accuracy, and per predictor the x2/x4/x8 step ratios
+    (all parameters) and the upstream accuracy of its last prediction."""
+    fmt = md_table if markdown else text_table
+    nets = list(dict.fromkeys(df["network"]))
+    kinds = [k for k in ("conv", "fc", "bias", "norm") if k in set(df["kind"])]
+    std = df[df["quantity"] == "weight_std"]
+    rows = [[n] + [num(std[(std["network"] == n) & (std["kind"] == k)]["value"].max(), "{:.4f}") for k in kinds]
+            for n in nets]
+    text = "Weight std of Θ0 per kind:\n\n" + fmt(["network"] + kinds, rows)
+    ratio, acc = df[(df["quantity"] == "step_ratio") & (df["kind"] == "all")], df[df["quantity"] == "upstream_acc"]
+    methods = list(dict.fromkeys(ratio["method"]))
+    rows = []
+    for n in nets:
+        theta0 = acc[(acc["network"] == n) & (acc["method"] == "trajectory")]["value"]
+        cells = [n, num(100 * theta0.max()) if len(theta0) else "?"]
+        for m in methods:
+            r = ratio[(ratio["network"] == n) & (ratio["method"] == m)].sort_values("step")
+            a = acc[(acc["network"] == n) & (acc["method"] == m)].sort_values("step")
+            cells.append(" / ".join(num(v, "{:.2g}") for v in r["value"]) +
+                         (f" ({num(100 * a['value'].iloc[-1])} %)" if len(a) else ""))
+        rows.append(cells)
+    head = ["network", "Θ0 acc %"] + [f"{row_label(m, 0)}: step ratio x2/x4/x8 (acc of the last)" for m in methods]
+    return text + "\nStep ratios ‖Θ̂(−m) − Θ̂(−m+1)‖ / ‖Θ0 − Θ1‖ over all parameters (1 = a step as large as the " \
+                  "trajectory's own), and the upstream test accuracy of the last prediction:\n\n" + fmt(head, rows)
+
+
 def render_forgetting(df: pd.DataFrame, meta: dict) -> str:
     rows = [[f"{r['fraction']:.0%}", r["method"], r["label"], num(r["data_size"], "{:.0f}"), num(100 * r["acc"]),
              num(100 * r["trained_acc"]) if not _missing(r["trained_acc"]) else "-",
@@ -252,6 +281,8 @@ def render_section(name: str, profile: str, csv: Path, figures_dir: Path, paper_
         parts.append(render_cost(df, paper) + f"\nOfficial Keras KNOWN: {meta.get('official_keras', '?')}.\n")
     elif kind == "landscape":
         parts.append(render_points(df, meta))
+    elif kind == "scale":
+        parts.append(render_scale(df))
     else:
         parts.append(render_forgetting(df, meta))
     fig = Path(figures_dir) / f"{csv.stem}.png"

@@ -17,12 +17,13 @@ import pandas as pd
 from know.config import CostCfg, ExperimentCfg, LandscapeCfg
 from know.cost import hardware_id, overhead_row
 from know.drivers import REPO, Script, provenance, script_main
-from know.experiment import (Row, cost_units, forget_unit, landscape_unit, pretrain_unit, transfer_units,
-                             upstream_unit)
+from know.experiment import (Row, cost_cfg, cost_units, forget_unit, landscape_cfg, landscape_unit, pretrain_unit,
+                             scale_units, transfer_units, upstream_unit)
 from know.jobs import Runner, git_commit
 from know.landscape import EVAL_FIELDS
-from know.plots import plot_cost, plot_differences, plot_forgetting, plot_landscape, plot_transfer_table
-from know.report import read_paper_csv, render_cost
+from know.plots import (plot_cost, plot_differences, plot_forgetting, plot_landscape, plot_scale,
+                        plot_transfer_table)
+from know.report import read_paper_csv, render_cost, render_scale
 from know.results import METRICS, read_paper, read_results, row_label, side_by_side, summarize, write_results
 from know.stats import sentence
 
@@ -74,7 +75,7 @@ def table_main(name: str, rows: list[Row], paper_csv: str | None = None, fixed: 
 
 def figure_landscape(cfg, runner, results_dir: Path, figures_dir: Path) -> list[Path]:
     """Run (or reuse) the landscape unit; write `figure_landscape_<profile>.csv` (+ meta) and its figure."""
-    lc: LandscapeCfg = cfg.landscape
+    lc: LandscapeCfg = landscape_cfg(cfg)
     t0, unit = time.time(), landscape_unit(cfg, lc)
     rec = runner.run([unit])[unit.key]
     v = rec["value"]
@@ -89,7 +90,7 @@ def figure_landscape(cfg, runner, results_dir: Path, figures_dir: Path) -> list[
 
 def figure_forgetting(cfg, runner, results_dir: Path, figures_dir: Path) -> list[Path]:
     """Run (or reuse) one upstream unit per data fraction; write `figure_forgetting_<profile>.csv` and its figure."""
-    lc: LandscapeCfg = cfg.landscape
+    lc: LandscapeCfg = landscape_cfg(cfg)
     t0 = time.time()
     units = {f: upstream_unit(cfg, lc, f) for f in cfg.fractions}
     results = runner.run(list(units.values()))
@@ -114,7 +115,7 @@ def _print_points(rows: list[dict], title: str) -> None:
 
 def cost_table(cfg, runner, results_dir: Path, figures_dir: Path) -> list[Path]:
     """Run (or reuse) the timing units and Table 1's pre-train/forget units; write the CSV, figure; print."""
-    c: CostCfg = cfg.cost
+    c: CostCfg = cost_cfg(cfg)
     t0 = time.time()
     timing = cost_units(c)
     pre, fgt = pretrain_unit(cfg, c.fraction), forget_unit(cfg, c.fraction)
@@ -136,8 +137,25 @@ def cost_table(cfg, runner, results_dir: Path, figures_dir: Path) -> list[Path]:
     return [csv, csv.with_suffix(".meta.json"), fig]
 
 
-FIGURE_LANDSCAPE = Script("figure_landscape", lambda cfg: [landscape_unit(cfg, cfg.landscape)], figure_landscape)
-FIGURE_FORGETTING = Script("figure_forgetting", lambda cfg: [upstream_unit(cfg, cfg.landscape, f)
+FIGURE_LANDSCAPE = Script("figure_landscape", lambda cfg: [landscape_unit(cfg, landscape_cfg(cfg))], figure_landscape)
+FIGURE_FORGETTING = Script("figure_forgetting", lambda cfg: [upstream_unit(cfg, landscape_cfg(cfg), f)
                                                              for f in cfg.fractions], figure_forgetting)
-TABLE_COST = Script("table_cost", lambda cfg: [pretrain_unit(cfg, cfg.cost.fraction), forget_unit(cfg, cfg.cost.fraction),
-                                               *cost_units(cfg.cost)], cost_table)
+TABLE_COST = Script("table_cost", lambda cfg: [pretrain_unit(cfg, cfg.cost.fraction),
+                                               forget_unit(cfg, cfg.cost.fraction), *cost_units(cost_cfg(cfg))],
+                    cost_table)
+
+
+def figure_scale(cfg: ExperimentCfg, runner: Runner, results_dir: Path, figures_dir: Path) -> list[Path]:
+    """Run (or reuse) the scale study's units; write `figure_scale_<profile>.csv` (+ meta) and its figure."""
+    t0, grid = time.time(), scale_units(cfg)
+    results = runner.run([u for _, u in grid])
+    rows = [r for _, u in grid for r in results[u.key]["value"]["rows"]]
+    csv = Path(results_dir) / f"figure_scale_{cfg.profile}.csv"
+    write_results(rows, csv, provenance("figure_scale", cfg, runner, t0, scale=asdict(cfg.scale),
+                                        unit_wall_s=sum(results[u.key].get("wall_s") or 0 for _, u in grid)))
+    print(f"\nscale ({cfg.profile}): weight std per kind and the x8 step ratio ‖Θ̂(−3) − Θ̂(−2)‖ / ‖Θ0 − Θ1‖\n")
+    print(render_scale(pd.read_csv(csv), markdown=False))
+    return [csv, csv.with_suffix(".meta.json"), plot_scale(csv, Path(figures_dir) / f"{csv.stem}.png")]
+
+
+FIGURE_SCALE = Script("figure_scale", lambda cfg: [u for _, u in scale_units(cfg)], figure_scale)

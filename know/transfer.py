@@ -4,13 +4,12 @@
 input channels, size and normalisation), builds the task named by `cfg.task` (classification by default: the paper's
 two-phase protocol, docs/method.md §4), trains it with a checkpoint after every epoch (a rerun resumes and equals an
 uninterrupted run) and returns the test metrics of the last epoch and of the epoch `cfg.select` picks.
-`unit_transfer` is the cached job of a table; `know transfer` the command line.
+`know transfer` is the command line; a table's cached fine-tune run is its task module's `unit_transfer`.
 """
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,43 +18,9 @@ from torch import Tensor
 from know.config import TransferCfg, override, parse_overrides
 from know.errors import KnowError
 from know.io import atomic_write_text, require_writable
-from know.tasks import create_task
-from know.tasks.base import fit
-from know.tasks.classification import upstream_spec
+from know.tasks import task_class
+from know.tasks.base import TransferResult, run_task
 from know.trajectory import Trajectory
-
-
-@dataclass
-class TransferResult:
-    """Outcome of one transfer run: test metrics of the last epoch (`final`) and of the selected one (`selected`,
-    `selected_epoch` an index into `log`), and the per-epoch log (phase, epoch, lr, train_loss, test_* and val_*)."""
-
-    metric: str
-    final: dict
-    selected: dict
-    selected_epoch: int
-    log: list[dict]
-    wall_time_s: float
-    seed: int
-    upstream_model: str
-    config: dict = field(default_factory=dict)
-
-    @property
-    def final_acc(self) -> float:
-        return self.final[self.metric]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def upstream_info(state: dict[str, Tensor], model_name: str, model_kwargs: dict | None,
-                  num_classes: int | None = None) -> dict:
-    """What travels with the upstream weights: architecture, builder kwargs, input channels, size and
-    normalisation (so the downstream data is adapted to the model, not the other way round)."""
-    kwargs = dict(model_kwargs or {})
-    in_chans, img_size, norm = upstream_spec(state, kwargs)
-    return {"model": model_name, "model_kwargs": kwargs, "in_chans": in_chans, "img_size": img_size, "norm": norm,
-            "num_classes": num_classes}
 
 
 def run_transfer(cfg: TransferCfg, state_dict: dict[str, Tensor], upstream_model_name: str,
@@ -66,24 +31,8 @@ def run_transfer(cfg: TransferCfg, state_dict: dict[str, Tensor], upstream_model
     upstream_model_kwargs: builder kwargs (may hold in_chans / img_size / norm); upstream_num_classes: None = read
     from the head in `state_dict`. seed: the trial (head init, batch order, augmentation). ckpt_path: resumable.
     """
-    upstream = upstream_info(state_dict, upstream_model_name, upstream_model_kwargs, upstream_num_classes)
-    task = create_task(cfg, seed)
-    out = fit(task, state_dict, upstream, ckpt_path, progress)
-    return TransferResult(task.metric, out["final"], out["selected"], out["selected_epoch"], out["log"],
-                          out["wall_time_s"], seed, upstream_model_name, asdict(cfg))
-
-
-# ---------------------------------------------------------------------------------------------- unit function
-def unit_transfer(cfg: dict, out: Path, deps: dict) -> dict:
-    """One fine-tune run from deps["weights"] (Θ0 for step 0, else the prediction of that step); resumable."""
-    step = cfg["step"]
-    weights = deps["weights"] / ("theta0.pt" if step == 0 else f"step{step}.pt")
-    state = torch.load(weights, map_location="cpu")
-    up = cfg["upstream"]
-    result = run_transfer(TransferCfg(**cfg["transfer"]), state, up["model"], up["model_kwargs"], seed=cfg["seed"],
-                          ckpt_path=out / "checkpoint.pt", progress=False)
-    return {"metric": result.metric, "final": result.final, "selected": result.selected,
-            "selected_epoch": result.selected_epoch, "log": result.log}
+    return run_task(task_class(cfg.task), cfg, state_dict, upstream_model_name, upstream_model_kwargs,
+                    upstream_num_classes, seed, ckpt_path, progress)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

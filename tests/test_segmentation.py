@@ -13,7 +13,8 @@ from know.errors import DatasetMissing, KnowError
 from know.forgetting import forget, pretrain
 from know.models import create_model
 from know.models.segmentation import CPU_LEAD, PAPER_LEAD, get_segmentation_head, replace_segmentation_head
-from know.tasks import OBJECTIVES, create_task
+from know.objectives import OBJECTIVES
+from know.tasks import task_class
 from know.tasks.base import Phase
 from know.train import cpu_state, seeded_model, train_epoch
 from know.trajectory import param_kinds
@@ -136,15 +137,15 @@ def test_joint_flip_moves_image_and_mask_together():
 
 
 def test_recipe_options_and_wrong_dataset():
-    task = create_task(TransferCfg(task="segmentation", **seg.KERASCV_RECIPE), 0)
+    task = task_class("segmentation")(TransferCfg(task="segmentation", **seg.KERASCV_RECIPE), 0)
     probe, finetune = task.phases()
     assert probe.epochs == 0 and isinstance(finetune, Phase) and finetune.optimizer == "sgd"
     assert finetune.lr(0) == pytest.approx(0.00175) and finetune.weight_decay == 1e-4
     assert task.options.clipnorm == 10.0 and task.metric == "miou"
     with pytest.raises(KnowError, match="unknown --transfer.options"):
-        create_task(TransferCfg(task="segmentation", options={"flip": 1}), 0)
+        task_class("segmentation")(TransferCfg(task="segmentation", options={"flip": 1}), 0)
     with pytest.raises(KnowError, match="no segmentation masks"):
-        create_task(replace(TRANSFER, dataset="debug"), 0).load({"in_chans": 1, "img_size": 32, "norm": "pixel_mean"})
+        task_class("segmentation")(replace(TRANSFER, dataset="debug"), 0).load({"in_chans": 1, "img_size": 32, "norm": "pixel_mean"})
 
 
 def test_clipnorm_clips_each_gradient():

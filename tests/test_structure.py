@@ -111,3 +111,25 @@ def test_transfer_units_key_covers_the_trajectory_module():
     assert "predict.py" not in files and "jobs.py" not in files
     cfg = ExperimentCfg()
     assert len({u.key for _, u in transfer_units(cfg, [Row("naive")])}) == cfg.trials * len(cfg.fractions)
+
+
+def test_editing_one_task_or_one_loader_leaves_the_other_tables_keys(tmp_path, monkeypatch):
+    """T-A's runs do not run the captioning task or the cpu analogs' loaders, so editing those keeps T-A's cache;
+    editing the classification task or MNIST's loader does not."""
+    from know.profiles import make_config
+
+    root = _copy_package(tmp_path)
+    monkeypatch.setattr(codehash, "ROOT", root)
+    codehash._code_hash.cache_clear()
+    cfg = make_config("cpu", table="table1")
+    keys = lambda: [u.key for _, u in transfer_units(cfg, [Row("naive")])] + [pretrain_unit(cfg, 1.0).key]  # noqa
+    before = keys()
+    for name in ("tasks/captioning.py", "tasks/segmentation.py", "datasets/analogs.py", "datasets/paper.py"):
+        (root / name).write_text((root / name).read_text() + "\nEDITED = True\n")
+    codehash._code_hash.cache_clear()
+    assert keys() == before
+    (root / "datasets" / "small.py").write_text((root / "datasets" / "small.py").read_text() + "\nEDITED = 1\n")
+    codehash._code_hash.cache_clear()
+    after = keys()
+    assert all(a != b for a, b in zip(after, before))  # mnist10k and fashion_mnist load through small.py
+    codehash._code_hash.cache_clear()

@@ -11,7 +11,7 @@ import know.transfer as tr
 from know.config import ForgetCfg, TransferCfg
 from know.errors import KnowError
 from know.forgetting import forget, pretrain
-from know.tasks.base import cosine, finetune_lr
+from know.tasks.base import cosine, finetune_lr, upstream_info
 from know.tasks.classification import build_transfer_model
 from know.train import seeded_model
 from know.transfer import run_transfer
@@ -73,7 +73,7 @@ def test_warmup_flat_cosine_is_the_pvtv2_recipe():
 
 
 def test_log_schedule_and_best_final(tmp_path):
-    cfg = replace(CFG, probe_epochs=2, finetune_epochs=4)
+    cfg = replace(CFG, probe_epochs=2, finetune_epochs=4, test_each_epoch=True)
     res = run_transfer(cfg, _upstream("debugnet"), "debugnet", seed=3, progress=False)
     assert [(r["phase"], r["epoch"]) for r in res.log] == [("probe", 0), ("probe", 1)] + [
         ("finetune", e) for e in range(4)]
@@ -138,9 +138,10 @@ def test_cli_from_trajectory(tmp_path, capsys):
 def test_validation_is_carved_from_train_fixed_across_trials_and_selects(tmp_path):
     """val_images come from the train split (never the test split), the same for every trial; best_val reports
     the test metric of the epoch with the best validation metric."""
-    cfg = replace(CFG, probe_epochs=1, finetune_epochs=3, val_images=40, max_images=64, select="best_val")
+    cfg = replace(CFG, probe_epochs=1, finetune_epochs=3, val_images=40, max_images=64, select="best_val",
+                  test_each_epoch=True)
     tasks = [cls.Classification(cfg, seed) for seed in (0, 1)]
-    up = tr.upstream_info(_upstream("debugnet"), "debugnet", {})
+    up = upstream_info(_upstream("debugnet"), "debugnet", {})
     (tr0, va0, te0), (tr1, va1, te1) = (t.load(up) for t in tasks)
     assert len(tr0) == 64 and len(va0) == 40 and torch.equal(va0.x, va1.x) and torch.equal(tr0.x, tr1.x)
     full = cls.get_dataset("debug", "train", channels=1, size=32)

@@ -374,3 +374,25 @@ def caption_canvases(split: str = "train", *, root: Root = None) -> Captioned:
 ANALOGS: dict[str, Callable[..., Labeled | Segmented | Captioned]] = {
     "styles": styles, "two_digit_mnist": two_digit_mnist, "segmentation_canvases": segmentation_canvases,
     "caption_canvases": caption_canvases}
+
+
+# ---------------------------------------------------------------- the registry's loaders: (root, split) -> record
+
+def load_styles(root: Path, split: str) -> Labeled:
+    return styles_distinct(split, root=root)
+
+
+def load_two_digit_mnist(root: Path, split: str) -> Labeled:
+    return two_digit_mnist(split, root=root)
+
+
+def load_canvas_source(root: Path, split: str) -> Segmented:
+    return segmentation_canvases("source", split, root=root)
+
+
+def load_canvas_target(root: Path, split: str) -> Segmented:
+    return segmentation_canvases("target", split, root=root)
+
+
+def load_caption_canvases(root: Path, split: str) -> Captioned:
+    return caption_canvases(split, root=root)

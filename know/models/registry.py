@@ -40,7 +40,7 @@ def _create_timm(name: str, num_classes: int, in_chans: int, img_size: int, **kw
 
     if name not in timm.list_models():
         raise UnknownName(f"unknown timm model '{name}'; see timm.list_models(), e.g. resnet18, vit_tiny_patch16_224")
-    common = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    common = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans) | kwargs  # pretrained=True may come
     try:
         return timm.create_model(name, img_size=img_size, **common)
     except TypeError:  # convnets such as resnet take no img_size

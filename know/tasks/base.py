@@ -4,8 +4,9 @@ A task (`Task`) owns its data (train / val / test `ImageSet`s), how upstream wei
 an encoder under a decoder ...), its phases (which parameters train, with which optimizer and learning-rate
 schedule), one training epoch, and its metrics (`metric`: the one a table reports, higher is better). `fit` runs the
 phases epoch by epoch with a checkpoint after each (a rerun resumes and equals an uninterrupted run), evaluates val
-(when there is one) and test after every epoch, and reports the last epoch and the epoch with the best validation
-metric; `early_stop` ends a phase after that many epochs without a better validation metric (Keras' EarlyStopping,
+(when there is one) after every epoch, and reports the test metrics of the last epoch and of the epoch with the best
+validation metric (its weights kept in memory and in the checkpoint): the test split is evaluated for the reported
+numbers only (every epoch with `test_each_epoch`, for learning curves); `early_stop` ends a phase after that many epochs without a better validation metric (Keras' EarlyStopping,
 without its restore: the best epoch is what `select="best_val"` reports). The test split never chooses anything.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -75,6 +76,61 @@ class Task:
         return ()
 
 
+def upstream_spec(state: dict[str, torch.Tensor], model_kwargs: dict) -> tuple[int, int, str]:
+    """(in_chans, img_size, norm) of the upstream model: from its kwargs, else the first 4-D weight, 32, pixel_mean."""
+    in_chans = model_kwargs.get("in_chans")
+    if in_chans is None:
+        in_chans = next((v.shape[1] for v in state.values() if v.dim() == 4), 3)
+    return int(in_chans), int(model_kwargs.get("img_size", 32)), model_kwargs.get("norm", "pixel_mean")
+
+
+
+@dataclass
+class TransferResult:
+    """Outcome of one transfer run: test metrics of the last epoch (`final`) and of the selected one (`selected`,
+    `selected_epoch` an index into `log`), and the per-epoch log (phase, epoch, lr, train_loss, test_* and val_*)."""
+
+    metric: str
+    final: dict
+    selected: dict
+    selected_epoch: int
+    log: list[dict]
+    wall_time_s: float
+    seed: int
+    upstream_model: str
+    config: dict = field(default_factory=dict)
+
+    @property
+    def final_acc(self) -> float:
+        return self.final[self.metric]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def upstream_info(state: dict[str, torch.Tensor], model_name: str, model_kwargs: dict | None,
+                  num_classes: int | None = None) -> dict:
+    """What travels with the upstream weights: architecture, builder kwargs, input channels, size and
+    normalisation (so the downstream data is adapted to the model, not the other way round)."""
+    kwargs = dict(model_kwargs or {})
+    in_chans, img_size, norm = upstream_spec(state, kwargs)
+    return {"model": model_name, "model_kwargs": kwargs, "in_chans": in_chans, "img_size": img_size, "norm": norm,
+            "num_classes": num_classes}
+
+
+def run_task(task_cls: type[Task], cfg: TransferCfg, state_dict: dict[str, torch.Tensor], upstream_model_name: str,
+             upstream_model_kwargs: dict | None = None, upstream_num_classes: int | None = None, seed: int = 0,
+             ckpt_path: str | Path | None = None, progress: bool = True) -> TransferResult:
+    """Fine-tune `state_dict` (weights of `upstream_model_name`) with `task_cls` on cfg.dataset (see
+    `know.transfer.run_transfer`, which picks the class by cfg.task)."""
+    upstream = upstream_info(state_dict, upstream_model_name, upstream_model_kwargs, upstream_num_classes)
+    task = task_cls(cfg, seed)
+    out = fit(task, state_dict, upstream, ckpt_path, progress)
+    return TransferResult(task.metric, out["final"], out["selected"], out["selected_epoch"], out["log"],
+                          out["wall_time_s"], seed, upstream_model_name, asdict(cfg))
+
+
+
 def fit(task: Task, state: dict[str, torch.Tensor], upstream: dict, ckpt_path: str | Path | None = None,
         progress: bool = False) -> dict:
     """Train `task` from the upstream weights `state`; returns {"final", "selected", "selected_epoch", "log",
@@ -94,13 +150,15 @@ def fit(task: Task, state: dict[str, torch.Tensor], upstream: dict, ckpt_path: s
     ckpt = _resume(ckpt_path, fp)
     log, completed, before = (list(ckpt["log"]), list(ckpt["completed"]), ckpt["wall_time_s"]) if ckpt else \
         ([], [], 0.0)
+    best = ckpt.get("best") if ckpt else None  # the weights of the best validation epoch so far (select=best_val)
     if ckpt:
         model.load_state_dict(ckpt["model"])
 
     def save(opt, phase: str) -> None:
         if ckpt_path:
             atomic_save({"fingerprint": fp, "model": cpu_state(model), "opt": opt.state_dict(), "phase": phase,
-                         "log": log, "completed": completed, "wall_time_s": before + time.time() - t0}, ckpt_path)
+                         "log": log, "completed": completed, "best": best,
+                         "wall_time_s": before + time.time() - t0}, ckpt_path)
 
     for phase in task.phases():
         if phase.epochs <= 0 or phase.name in completed:
@@ -119,10 +177,13 @@ def fit(task: Task, state: dict[str, torch.Tensor], upstream: dict, ckpt_path: s
             gen = torch.Generator().manual_seed(seed_from(task.seed, "transfer", phase.name, epoch))
             loss, steps = task.train_epoch(net, opt, train, gen, budget)
             budget = None if budget is None else budget - steps
-            row = {"phase": phase.name, "epoch": epoch, "lr": lr, "train_loss": loss, "steps": steps,
-                   **{f"test_{k}": v for k, v in task.evaluate(net, test, cfg.limit_steps).items()}}
+            row = {"phase": phase.name, "epoch": epoch, "lr": lr, "train_loss": loss, "steps": steps}
+            if cfg.test_each_epoch:
+                row.update({f"test_{k}": v for k, v in task.evaluate(net, test, cfg.limit_steps).items()})
             if val is not None:
                 row.update({f"val_{k}": v for k, v in task.evaluate(net, val, cfg.limit_steps).items()})
+                if cfg.select == "best_val" and all(row[f"val_{task.metric}"] > r[f"val_{task.metric}"] for r in log):
+                    best = {"epoch": len(log), "state": cpu_state(model)}
                 vals.append(row[f"val_{task.metric}"])
             log.append(row)
             if progress:
@@ -131,24 +192,20 @@ def fit(task: Task, state: dict[str, torch.Tensor], upstream: dict, ckpt_path: s
             save(opt, phase.name)
         completed.append(phase.name)
         save(opt, phase.name)
-    return summarize(log, task.metric, cfg.select, before + time.time() - t0)
+    if not log:
+        raise KnowError("no epochs to run: every phase has 0 epochs")
+    final = task.evaluate(net, test, cfg.limit_steps)  # the test split: touched for the reported numbers only
+    pick, selected = len(log) - 1, final
+    if cfg.select == "best_val" and best is not None and best["epoch"] != len(log) - 1:
+        model.load_state_dict(best["state"])
+        pick, selected = best["epoch"], task.evaluate(net, test, cfg.limit_steps)
+    return {"final": final, "selected": selected, "selected_epoch": pick, "log": log,
+            "wall_time_s": before + time.time() - t0}
 
 
 def _stale(vals: list[float]) -> int:
     """Epochs since the best validation metric (0 when the last one is the best)."""
     return len(vals) - 1 - max(range(len(vals)), key=lambda i: (vals[i], -i)) if vals else 0
-
-
-def summarize(log: list[dict], metric: str, select: str, wall: float) -> dict:
-    """The run's result from its per-epoch log (see `fit`)."""
-    if not log:
-        raise KnowError("no epochs to run: every phase has 0 epochs")
-    test = lambda row: {k.removeprefix("test_"): v for k, v in row.items() if k.startswith("test_")}  # noqa: E731
-    pick = len(log) - 1
-    if select == "best_val":  # the first epoch with the best validation metric
-        pick = max(range(len(log)), key=lambda i: (log[i][f"val_{metric}"], -i))
-    return {"final": test(log[-1]), "selected": test(log[pick]), "selected_epoch": pick, "log": log,
-            "wall_time_s": wall}
 
 
 def _trainable(model: nn.Module, phase: Phase) -> list[nn.Parameter]:
@@ -200,3 +257,16 @@ def finetune_lr(cfg: TransferCfg) -> Callable[[int], float]:
         return lambda e: cfg.finetune_lr * min(1.0, (e + 1) / max(1, cfg.warmup_epochs))
     raise KnowError(f"unknown --transfer.schedule={cfg.schedule}; choices: cosine, warmup_flat_cosine, "
                     "warmup_constant")
+
+
+def transfer_unit(task_cls: type[Task], cfg: dict, out: Path, deps: dict) -> dict:
+    """A task module's `unit_transfer`: one fine-tune run from deps["weights"] (Θ0 for step 0, else the prediction
+    of that step), resumable from out/checkpoint.pt."""
+    step = cfg["step"]
+    weights = deps["weights"] / ("theta0.pt" if step == 0 else f"step{step}.pt")
+    state = torch.load(weights, map_location="cpu")
+    up = cfg["upstream"]
+    result = run_task(task_cls, TransferCfg(**cfg["transfer"]), state, up["model"], up["model_kwargs"],
+                      seed=cfg["seed"], ckpt_path=out / "checkpoint.pt", progress=False)
+    return {"metric": result.metric, "final": result.final, "selected": result.selected,
+            "selected_epoch": result.selected_epoch, "log": result.log}

@@ -79,7 +79,8 @@ from know.device import autocast, fast_layout, resolve_device
 from know.errors import KnowError
 from know.models import get_head
 from know.tasks.base import Phase, Task, finetune_lr
-from know.tasks.classification import builder_kwargs, carve, eval_subset, infer_num_classes, upstream_spec
+from know.tasks.base import transfer_unit, upstream_spec
+from know.tasks.classification import builder_kwargs, carve, eval_subset, infer_num_classes
 from know.train import generator, seed_from, seeded_model
 
 PAD, OOV, START, END = "", "[UNK]", "<start>", "<end>"  # ids 0 and 1 are Keras' mask and OOV tokens
@@ -570,3 +571,8 @@ class Captioning(Task):
 def trainable_names(model: nn.Module) -> set[str]:
     """Everything but the frozen image encoder."""
     return {n for n, _ in model.named_parameters() if not n.startswith("backbone.")}
+
+
+def unit_transfer(cfg: dict, out, deps: dict) -> dict:
+    """One cached fine-tune run of this task (`know.tasks.base.transfer_unit`)."""
+    return transfer_unit(Captioning, cfg, out, deps)

@@ -25,7 +25,7 @@ from know.datasets import entry
 from know.device import fast_layout, resolve_device
 from know.errors import KnowError
 from know.models import get_head, replace_head
-from know.tasks.base import Phase, Task, finetune_lr
+from know.tasks.base import Phase, Task, finetune_lr, transfer_unit, upstream_spec
 from know.train import evaluate, generator, seed_from, seeded_model, train_epoch
 from know.trajectory import param_kinds
 
@@ -34,14 +34,6 @@ def probe_trainable(model: nn.Module) -> set[str]:
     """Names trainable in phase 1: normalisation parameters and the head's weight and bias."""
     head = get_head(model)[0] + "."
     return {n for n, k in param_kinds(model).items() if k == "norm" or n.startswith(head)}
-
-
-def upstream_spec(state: dict[str, torch.Tensor], model_kwargs: dict) -> tuple[int, int, str]:
-    """(in_chans, img_size, norm) of the upstream model: from its kwargs, else the first 4-D weight, 32, pixel_mean."""
-    in_chans = model_kwargs.get("in_chans")
-    if in_chans is None:
-        in_chans = next((v.shape[1] for v in state.values() if v.dim() == 4), 3)
-    return int(in_chans), int(model_kwargs.get("img_size", 32)), model_kwargs.get("norm", "pixel_mean")
 
 
 def builder_kwargs(model_kwargs: dict) -> dict:
@@ -135,3 +127,8 @@ class Classification(Task):
 
     def evaluate(self, model, data, max_batches):
         return {"acc": evaluate(model, data, self.cfg.eval_batch_size, max_batches, self.cfg.amp)}
+
+
+def unit_transfer(cfg: dict, out, deps: dict) -> dict:
+    """One cached fine-tune run of this task (`know.tasks.base.transfer_unit`)."""
+    return transfer_unit(Classification, cfg, out, deps)

@@ -12,6 +12,7 @@ import torch
 
 from know.data import ImageSet, get_dataset
 from know.errors import KnowError
+from know.tasks.base import transfer_unit
 from know.tasks.classification import Classification, eval_subset
 from know.train import generator
 
@@ -46,3 +47,8 @@ class DomainGeneralization(Classification):
                                   [:c.max_images]].sort().values
         test = eval_subset(full.subset((full.domains == target).nonzero()[:, 0]), c.eval_images)
         return full.subset(train_idx), full.subset(torch.cat(val)), test
+
+
+def unit_transfer(cfg: dict, out, deps: dict) -> dict:
+    """One cached fine-tune run of this task (`know.tasks.base.transfer_unit`)."""
+    return transfer_unit(DomainGeneralization, cfg, out, deps)

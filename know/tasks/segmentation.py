@@ -40,22 +40,20 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from know.config import TransferCfg
 from know.data import ImageSet, get_dataset
 from know.datasets import entry
-from know.device import autocast, fast_layout, resolve_device
+from know.device import fast_layout, resolve_device
 from know.errors import KnowError
 from know.models.segmentation import get_segmentation_head, replace_segmentation_head
+from know.objectives import JointFlip, evaluate_miou, seg_loss
 from know.tasks.base import Phase, Task, finetune_lr
-from know.tasks.classification import builder_kwargs, carve, eval_subset, upstream_spec
+from know.tasks.base import transfer_unit, upstream_spec
+from know.tasks.classification import builder_kwargs, carve, eval_subset
 from know.train import epoch_steps, seed_from, seeded_model, train_epoch
 from know.trajectory import param_kinds
-
-IGNORE = 255  # mask value of unlabelled pixels
-PIXELS_PER_EVAL_BATCH = 64 * 512 * 512  # evaluation batches hold at most this many pixels (memory only)
 
 # The KerasCV DeepLabV3+ guide's recipe (docs/method.md §8) as TransferCfg fields: one SGD phase.
 KERASCV_RECIPE = dict(probe_epochs=0, optimizer="sgd", finetune_lr=0.007 * 4 / 16, schedule="cosine", min_lr=0.0,
@@ -76,60 +74,6 @@ class SegmentationOptions:
         if bad:
             raise KnowError(f"unknown --transfer.options for segmentation: {', '.join(bad)}; known: {', '.join(known)}")
         return cls(**options)
-
-
-# ---------------------------------------------------------------------------------------------- loss and metric
-def seg_loss(logits: Tensor, masks: Tensor) -> Tensor:
-    """Cross-entropy of (N, C, H, W) logits against (N, H, W) masks, averaged over labelled pixels (255 = ignore);
-    0 when no pixel is labelled."""
-    target = masks.long()
-    total = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="sum")
-    return total / (target != IGNORE).sum().clamp(min=1)
-
-
-def eval_batch_size(data: ImageSet, batch_size: int) -> int:
-    """`batch_size`, lowered so a batch holds at most PIXELS_PER_EVAL_BATCH pixels (512x512 inputs: 64 images)."""
-    _, h, w = data.shape
-    return max(1, min(batch_size, PIXELS_PER_EVAL_BATCH // (h * w)))
-
-
-@torch.no_grad()
-def evaluate_miou(model: nn.Module, data: ImageSet, batch_size: int = 256, max_batches: int | None = None,
-                  amp: bool = False) -> float:
-    """mIoU in [0, 1] of `model` on `data` in eval mode (see the module docstring for the definition); over the first
-    `max_batches` batches when set; restores the model's previous mode."""
-    from torchmetrics.classification import MulticlassJaccardIndex
-
-    was_training = model.training
-    model.eval()
-    metric = None
-    bs = eval_batch_size(data, batch_size)
-    for i, start in enumerate(range(0, len(data), bs)):
-        if max_batches is not None and i == max_batches:
-            break
-        x, y = data.take(slice(start, start + bs))
-        with autocast(x.device, amp):
-            logits = model(x)
-        if metric is None:
-            metric = MulticlassJaccardIndex(num_classes=logits.shape[1], average="macro",
-                                            ignore_index=IGNORE).to(x.device)
-        metric.update(logits.argmax(1), y.long())
-    model.train(was_training)
-    if metric is None or not int(metric.confmat.sum()):  # nothing labelled was seen
-        return 0.0
-    return float(metric.compute())
-
-
-# ---------------------------------------------------------------------------------------------- augmentation
-@dataclass(frozen=True)
-class JointFlip:
-    """Horizontal flip of image and mask together, each image with probability `p`, drawn from `gen`."""
-
-    p: float = 0.5
-
-    def apply(self, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        flip = (torch.rand(len(x), generator=gen, device=gen.device) < self.p).to(x.device)
-        return torch.where(flip[:, None, None, None], x.flip(-1), x), torch.where(flip[:, None, None], y.flip(-1), y)
 
 
 # ---------------------------------------------------------------------------------------------- the task
@@ -208,3 +152,8 @@ class Segmentation(Task):
 
     def evaluate(self, model, data, max_batches):
         return {"miou": evaluate_miou(model, data, self.cfg.eval_batch_size, max_batches, self.cfg.amp)}
+
+
+def unit_transfer(cfg: dict, out, deps: dict) -> dict:
+    """One cached fine-tune run of this task (`know.tasks.base.transfer_unit`)."""
+    return transfer_unit(Segmentation, cfg, out, deps)
