@@ -6,7 +6,6 @@ import importlib.util
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from tests.conftest import require
 from tests.jobfns import SLURM_MISSING, slurm_up
@@ -34,13 +33,16 @@ def out(tmp_path_factory):
     return tmp_path_factory.mktemp("rehearsal")
 
 
-@pytest.mark.parametrize("script", R.SCRIPTS)
-def test_paper_profile_rehearsal(script, data, out, known_weights, wnn_weights):
-    res = R.rehearse(script, data, out)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert f"[{script}] profile=paper" in res.stdout
-    csv = out / "results" / f"{script}_paper.csv"
-    assert csv.is_file() and len(pd.read_csv(csv)) > 0
+def test_every_script_rehearses_its_paper_profile(data, out, known_weights, wnn_weights):
+    """All ten scripts in two parallel chains of one thread each (the CI machine's two cores)."""
+    results = R.rehearse_in_lanes(list(R.SCRIPTS), data, out, lanes=2)
+    failed = {s: res.stdout[-1500:] + res.stderr[-2500:] for s, (res, _) in results.items() if res.returncode}
+    assert not failed, "\n\n".join(f"== {s}\n{text}" for s, text in failed.items())
+    for script, (res, seconds) in results.items():
+        print(f"rehearsal {script}: {seconds:.0f} s")
+        assert f"[{script}] profile=paper" in res.stdout
+        csv = out / "results" / f"{script}_paper.csv"
+        assert csv.is_file() and len(pd.read_csv(csv)) > 0
 
 
 def test_paper_profile_rehearsal_on_slurm(data, tmp_path, known_weights, wnn_weights):
