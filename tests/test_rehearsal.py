@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tests.conftest import require
 from tests.jobfns import SLURM_MISSING, slurm_up
