@@ -144,7 +144,7 @@ def main(argv=None) -> dict:
                   f"wall ({cpus['single'][-1]:5.1f} s CPU), load avg {os.getloadavg()[0]:.1f}")
         a, b = Trajectory.load(stacked_paths[0]), Trajectory.load(single_paths[0])
         diff = max(float((a.params[n] - b.params[n]).abs().max()) for n in a.params)
-        acc_a, acc_b = a.meta["test_acc"][-1], b.meta["test_acc"][-1]
+        acc_a, acc_b = a.meta["test_metric"][-1], b.meta["test_metric"][-1]
     # best of the repeats (as timeit does): the run least disturbed by other load on the machine
     stacked = len(stacked_paths) / min(walls["stacked"]) * 3600
     single = args.single / min(walls["single"]) * 3600
