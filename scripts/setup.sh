@@ -9,7 +9,8 @@ DATA=${KNOW_DATA:-$HOME/.cache/know/data}
 
 log() { echo "[setup] $*"; }
 # pip here is configured with local wheel stores that not every machine has: drop its "Location ... ignored" noise.
-pip_install() { "$PY" -m pip install -q "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
+# --no-cache-dir: the CUDA build of torch is several GB; a second copy in pip's cache can fill a small disk.
+pip_install() { "$PY" -m pip install -q --no-cache-dir "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
 
 if [ ! -x "$PY" ]; then
   log "creating virtual environment in $VENV"
@@ -21,6 +22,11 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python packages (first run: a few minutes)"
   if ! "$PY" -c "import torch, torchvision" 2>/dev/null; then
+    free_gb=$(( $(df -Pk "$VENV" | awk 'NR==2 {print $4}') / 1048576 ))
+    if [ "$free_gb" -lt 7 ]; then
+      log "ERROR: $free_gb GB free on the disk of $VENV; torch + torchvision (a CUDA build) need about 6 GB: free some space"
+      exit 1
+    fi
     # The pinned pair is what this project is tested with (see environment.yml).
     pip_install "torch==2.14.1" "torchvision==0.29.1" || pip_install torch torchvision
   fi

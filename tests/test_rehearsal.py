@@ -3,6 +3,7 @@ real sizes and the real dataset loaders on small files in the datasets' real for
 a few steps per phase (benchmarks/rehearse.py says which caps). This is the test that fails when the paper path
 breaks. One shared unit cache, as in a real run; the debug executor here, the local Slurm for one script."""
 import importlib.util
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +32,10 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
-    return tmp_path_factory.mktemp("rehearsal")
+    """Removed afterwards: full-size checkpoints take gigabytes, and pytest keeps its last three temporary trees."""
+    path = tmp_path_factory.mktemp("rehearsal")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_every_script_rehearses_its_paper_profile(data, out, known_weights, wnn_weights):
@@ -49,6 +53,9 @@ def test_every_script_rehearses_its_paper_profile(data, out, known_weights, wnn_
 def test_paper_profile_rehearsal_on_slurm(data, tmp_path, known_weights, wnn_weights):
     """The same path as Slurm job arrays (no GPU gres on the local cluster: --slurm-cpu)."""
     require(slurm_up(), SLURM_MISSING)
-    res = R.rehearse("table_cost", data, tmp_path, executor="slurm", slurm_cpu=True)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "executor=slurm" in res.stdout and (tmp_path / "results" / "table_cost_paper.csv").is_file()
+    try:
+        res = R.rehearse("table_cost", data, tmp_path, executor="slurm", slurm_cpu=True)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        assert "executor=slurm" in res.stdout and (tmp_path / "results" / "table_cost_paper.csv").is_file()
+    finally:
+        shutil.rmtree(tmp_path / "cache", ignore_errors=True)
