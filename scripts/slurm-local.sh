@@ -35,7 +35,7 @@ pid_of() {  # prints the pid of daemon $1 if its pid file points at a live proce
     && echo "$pid"
 }
 
-node_state() { timeout 5 sinfo -h -n localhost -o %t 2>/dev/null | head -1; }
+node_state() { timeout 15 sinfo -h -n localhost -o %t 2>/dev/null | head -1; }  # 15 s: sinfo is slow on a loaded machine
 
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...: poll every 0.2 s
   local limit=$1 what=$2; shift 2
@@ -202,7 +202,9 @@ all_running() {  # munged may be a system one; the rest must be ours
   for d in mysqld slurmdbd slurmctld slurmd; do pid_of "$d" >/dev/null || return 1; done
 }
 
-node_idle() { case "$(node_state)" in idle|mix|alloc) return 0;; *) return 1;; esac; }
+# A node that takes jobs: idle, partly or fully allocated, or completing one (a trailing * means not responding).
+state_up() { case "$1" in *"*") return 1;; idle*|mix*|alloc*|comp*) return 0;; *) return 1;; esac; }
+node_idle() { state_up "$(node_state)"; }
 
 start() {
   local t0_ns
@@ -254,8 +256,10 @@ status() {
   for d in "${ORDER[@]}"; do
     if pid=$(pid_of "$d"); then echo "$d: running (pid $pid)"; else echo "$d: not running"; fi
   done
-  echo "node localhost: $(node_state || true)"
-  node_idle || ok=1
+  local state
+  state=$(node_state || true)  # read once: the state may change between two reads
+  echo "node localhost: $state"
+  state_up "$state" || ok=1
   return $ok
 }
 

@@ -108,4 +108,4 @@ def test_local_cluster_script_start_is_idempotent_and_status_reports(slurm):
     assert status.returncode == 0, status.stdout
     for daemon in ("mysqld", "slurmdbd", "slurmctld", "slurmd"):
         assert f"{daemon}: running (pid " in status.stdout
-    assert any(f"node localhost: {s}" in status.stdout for s in ("idle", "mix", "alloc"))
+    assert any(f"node localhost: {s}" in status.stdout for s in ("idle", "mix", "alloc", "comp"))
