@@ -120,11 +120,13 @@ TABLES: dict[str, dict[str, dict[str, Any]]] = {
                   "transfer.task": "domain_generalization", "transfer.dataset": "styles",
                   "domains": ("photo", "sketch"), "transfer.max_images": 96, "transfer.eval_images": 64,
                   "transfer.select": "best_val"},
+        # piloted on Naive's training-domain validation (docs/cpu_profile.md, pilots C0-C1): 1,000 images and 10
+        # epochs were still climbing; 2,000 images and 20 epochs plateau
         "cpu": {**PVT_UPSTREAM["cpu"], "axis": "domain", "fractions": (1.0,), "trials": 5,
                 "transfer.task": "domain_generalization", "transfer.dataset": "styles",
                 "domains": ("photo", "sketch", "cartoon", "art_painting"), "transfer.select": "best_val",
-                "transfer.probe_epochs": 1, "transfer.finetune_epochs": 10, "transfer.finetune_lr": 1e-3,
-                "transfer.batch_size": 64},
+                "transfer.probe_epochs": 1, "transfer.finetune_epochs": 20, "transfer.finetune_lr": 1e-3,
+                "transfer.batch_size": 64, "transfer.max_images": 2000},
         # DomainBed's ERM (docs/method.md §8): Adam 5e-5, constant lr, training-domain validation; the upstream is
         # T-B's PVTv2 trajectory (the paper's T-C architecture is unknown: our choice)
         "paper": {**PVT_UPSTREAM["paper"], "axis": "domain", "fractions": (1.0,),
