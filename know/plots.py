@@ -115,6 +115,8 @@ def regenerate(results_dir: Path, figures_dir: Path) -> list[Path]:
         for prefix, fn in FIGURES.items():
             if csv.stem.startswith(prefix):
                 made.append(fn(csv, Path(figures_dir) / f"{csv.stem}.png"))
+    for npz in sorted(Path(results_dir).glob("*_masks.npz")):
+        made.append(plot_masks(npz, Path(figures_dir) / f"{npz.stem}.png"))
     return made
 
 
@@ -254,3 +256,43 @@ def plot_scale(csv_path: Path, out: Path) -> Path:
 
 FIGURES.update({"table_cost_": plot_cost, "figure_landscape_": plot_landscape, "figure_forgetting_": plot_forgetting,
                 "figure_scale_": plot_scale})
+
+
+# ---------------------------------------------------------------- T-D: predicted masks beside the truth
+
+def plot_masks(npz_path: Path, out: Path) -> Path:
+    """Test images (columns), their ground-truth masks and each row's predicted masks (`know.samples`); one colour
+    per class, ignored pixels (255) white."""
+    import numpy as np
+
+    with np.load(npz_path) as z:
+        image, truth = z["image"], z["truth"]
+        classes = [str(c) for c in z["classes"]] if "classes" in z.files else []
+        preds = [(str(z[f"label_{i}"]), z[f"pred_{i}"]) for i in range(len(z.files)) if f"pred_{i}" in z.files]
+    colours = plt.get_cmap("tab20")(np.arange(20))[:, :3]
+
+    def paint(mask):
+        rgb = colours[np.minimum(mask, 19)]
+        rgb[mask == 255] = 1.0
+        return rgb
+
+    panels = [("image", image), ("ground truth", [paint(m) for m in truth])]
+    panels += [(label, [paint(m) for m in pred]) for label, pred in preds]
+    n = len(image)
+    fig, axes = plt.subplots(len(panels), n, figsize=(1.2 * n + 1.6, 1.2 * len(panels) + 0.9), squeeze=False)
+    fig.subplots_adjust(left=1.5 / (1.2 * n + 1.6), right=0.99, wspace=0.05, hspace=0.08, top=0.95, bottom=0.1)
+    for r, (label, pictures) in enumerate(panels):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.imshow(pictures[c], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    if classes:
+        from matplotlib.patches import Patch
+
+        fig.legend([Patch(color=colours[min(i, 19)]) for i in range(len(classes))] + [Patch(color="white", ec="k")],
+                   classes + ["ignored"], loc="lower center", ncol=min(len(classes) + 1, 6), fontsize=7,
+                   frameon=False)
+    fig.suptitle(f"{Path(npz_path).stem}: first test images, trial 0, last epoch", fontsize=9)
+    return save_figure(fig, out)

@@ -21,10 +21,11 @@ from know.experiment import (Row, cost_cfg, cost_units, forget_unit, landscape_c
                              scale_units, transfer_units, upstream_unit)
 from know.jobs import Runner, git_commit
 from know.landscape import EVAL_FIELDS
-from know.plots import (plot_cost, plot_differences, plot_forgetting, plot_landscape, plot_scale,
+from know.plots import (plot_cost, plot_differences, plot_forgetting, plot_landscape, plot_masks, plot_scale,
                         plot_transfer_table)
 from know.report import read_paper_csv, render_cost, render_scale
 from know.results import METRICS, read_paper, read_results, row_label, side_by_side, summarize, write_results
+from know.samples import write_mask_samples
 from know.stats import sentence
 
 
@@ -49,6 +50,10 @@ def run_table(name: str, rows: list[Row], cfg: ExperimentCfg, runner: Runner, re
                                            rows=[asdict(r) for r in rows]))
     figs = [plot_transfer_table(csv, Path(figures_dir) / f"{name}_{cfg.profile}.png"),
             plot_differences(csv, Path(figures_dir) / f"{name}_{cfg.profile}_vs_naive.png")]
+    if cfg.transfer.task == "segmentation":  # the picture of predicted masks beside the truth
+        masks = write_mask_samples(grid, runner.cache, Path(results_dir) / f"{name}_{cfg.profile}_masks.npz",
+                                   cfg.forget.rate)
+        figs += [masks, plot_masks(masks, Path(figures_dir) / f"{masks.stem}.png")]
     paper = read_paper(paper_csv) if paper_csv and Path(paper_csv).exists() else None
     metric = METRICS.get(records[0]["metric"], records[0]["metric"])
     print(f"\n{name} ({cfg.profile}): test {metric} (points), mean ± std over {cfg.trials} trials | paired difference "
