@@ -285,9 +285,10 @@ def render_section(name: str, profile: str, csv: Path, figures_dir: Path, paper_
         parts.append(render_scale(df))
     else:
         parts.append(render_forgetting(df, meta))
-    fig = Path(figures_dir) / f"{csv.stem}.png"
-    if fig.is_file():
-        parts.append(f"![{csv.stem}]({os.path.relpath(fig, out_dir)})\n")
+    for stem in (csv.stem, f"{csv.stem}_masks"):  # segmentation: the predicted masks beside the ground truth
+        fig = Path(figures_dir) / f"{stem}.png"
+        if fig.is_file():
+            parts.append(f"![{stem}]({os.path.relpath(fig, out_dir)})\n")
     return "\n".join(parts)
 
 

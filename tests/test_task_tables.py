@@ -65,6 +65,10 @@ def test_figures_of_the_task_tables_redraw_from_results(shared):
         pytest.skip("needs the smoke runs above")
     made = {p.name for p in regenerate(shared / "results", shared / "redrawn")}
     assert "table_segmentation_smoke_masks.png" in made and "table_captioning_smoke_vs_naive.png" in made
+    from know.report import write_report
+
+    text = write_report(shared / "results", shared / "figures", REPO / "paper", shared / "REPORT.md").read_text()
+    assert "](figures/table_segmentation_smoke_masks.png)" in text and "## T-E" in text and "BLEU-4" in text
 
 
 def test_task_table_smoke_runs_on_slurm(tmp_path, known_weights, wnn_weights):
