@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "committed table only (never to choose settings)")
     parser.add_argument("--splits", type=int, default=200, help="random half-splits averaged (default 200)")
     args, rest = parser.parse_known_args(argv)
+    tables = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "reproduce").glob("table*.py"))
+    if args.table not in tables:
+        raise KnowError(f"--table={args.table} is not a table; choices: {', '.join(tables)}")
     overrides = dict(parse_overrides(rest), **({"trials": args.trials} if args.trials else {}))
     cfg = make_config(args.profile, overrides, table=args.table)
     cache = args.cache_dir or default_cache()

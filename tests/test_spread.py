@@ -47,3 +47,11 @@ def test_decompose_refuses_fewer_than_three_trials():
     spread = _spread()
     with pytest.raises(Exception, match="at least 3"):
         spread.decompose(_trials(0.0, trials=2, items=10))
+
+
+def test_unknown_table_and_missing_units_are_one_line_errors(tmp_path):
+    spread = _spread()
+    with pytest.raises(Exception, match="is not a table; choices: table1"):
+        spread.main(["--table", "nonsense"])
+    with pytest.raises(Exception, match="not in the cache"):
+        spread.main(["--table", "table_pacs", "--profile", "smoke", "--cache-dir", str(tmp_path)])
