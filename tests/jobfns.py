@@ -100,8 +100,8 @@ def scenario(name: str, tag: str = "") -> dict:
                  unit("e2", "epochs", epochs=8, epoch_s=1)]
     elif name == "resume":  # (c): requeued / timed out mid-way, must resume from its last saved epoch
         units = [unit("trainer", "epochs", epochs=12, epoch_s=1)]
-    elif name == "timelimit":  # (c) with a real 1-minute time limit: the warning signal comes by 15 s, 46 s of work cannot finish in one go
-        units = [unit("long-trainer", "epochs", epochs=46, epoch_s=1)]
+    elif name == "timelimit":  # (c) a real 3-minute limit: the warning comes 30-90 s in, 100 s of work cannot finish in one go
+        units = [unit("long-trainer", "epochs", epochs=100, epoch_s=1)]
     elif name == "raise":  # (d): one unit raises, its dependent is blocked, the others finish
         bad = unit("the-bad-one", "boom")
         after = Unit("toy", "tests.jobfns:add", {"x": 1, "tag": tag}, deps={"bad": bad}, label="after-bad")

@@ -124,14 +124,16 @@ def test_slurm_requeue_resumes_from_last_epoch(tmp_path):
 
 
 def test_slurm_time_limit_checkpoints_requeues_and_resumes(tmp_path):
-    """A real 1-minute limit: Slurm's warning signal makes submitit call UnitJob.checkpoint and requeue the job;
-    46 s of work cannot finish in one go, so it must resume at least once (about 75 s). The signal is due 45 s
-    before the limit but may come up to 60 s earlier, even before an attempt's first epoch (seen in CI)."""
+    """A real 3-minute limit: Slurm's warning signal makes submitit call UnitJob.checkpoint and requeue the job;
+    100 s of work cannot finish in one go, so it must resume at least once (2-3 minutes). The signal is due 90 s
+    before the limit but may come up to 60 s earlier. With a 1-minute limit (signal due 45 s before it) it came
+    within a second of the job's start, before submitit had installed its handler, and USR2 killed the job (seen in
+    CI and locally): the limit must leave the job time to start."""
     need("slurm")
     unit_dir = dirs("timelimit", tmp_path)["long-trainer"]
-    rc, out, err = Driver("timelimit", "slurm", tmp_path, "--timeout-min", "1").wait(300)
+    rc, out, err = Driver("timelimit", "slurm", tmp_path, "--timeout-min", "3").wait(480)
     assert rc == 0, out + err
-    _check_resumed(unit_dir, 46)
+    _check_resumed(unit_dir, 100)
     log = Path(re.sub(r"%j", job_record(unit_dir)["job_id"], job_record(unit_dir)["folder"]))
     assert "Calling checkpoint method" in "".join(p.read_text() for p in log.glob("*_log.out"))
 
